@@ -12,8 +12,13 @@ class WinnowError(Exception):
 class InputError(WinnowError):
     """Bad input data, naming the file, the line (or record) and the field.
 
+    ``line`` is a line number for line-based files (JSONL) and a 1-based record number
+    for the others (JSON arrays, Parquet, dataset folders); ``unit`` says which.
+
     >>> str(InputError("bad.jsonl", "empty response", line=3, field="completion"))
     'bad.jsonl:3: field "completion": empty response'
+    >>> str(InputError("bad.parquet", "not a string", line=2, field="prompt", unit="record"))
+    'bad.parquet: record 2: field "prompt": not a string'
     """
 
     def __init__(
@@ -23,11 +28,17 @@ class InputError(WinnowError):
         *,
         line: int | None = None,
         field: str | None = None,
+        unit: str = "line",
     ) -> None:
         self.path = str(path)
         self.line = line
         self.field = field
         self.message = message
-        where = self.path if line is None else f"{self.path}:{line}"
+        if line is None:
+            where = self.path
+        elif unit == "line":
+            where = f"{self.path}:{line}"
+        else:
+            where = f"{self.path}: {unit} {line}"
         what = f' field "{field}":' if field else ""
         super().__init__(f"{where}:{what} {message}")

@@ -1,0 +1,152 @@
+"""The ``winnow`` command: each subcommand parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from winnow.errors import WinnowError
+
+log = logging.getLogger("winnow")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-field", help="record field holding the prompt (default: recognise the shape)")
+    p.add_argument("--response-field", help="record field holding the response")
+
+
+def _config_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per config field, documented by the field's docstring in ``config.py``."""
+    from winnow.config import field_docs
+
+    docs = field_docs(cls)
+    p.add_argument("--config", help="YAML file with options (flags given here override it)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool | None", "bool"):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=docs.get(f.name))
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                           help=f"{docs.get(f.name, '')} (default: {f.default})")
+
+
+def _config(cls: type, args: argparse.Namespace, section: str | None = None) -> Any:
+    from winnow.config import from_dict, load_yaml, to_dict
+
+    base = load_yaml(cls, args.config, section) if args.config else cls()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if getattr(args, f.name, None) is not None}
+    return from_dict(cls, {**to_dict(base), **given})
+
+
+def _fields(args: argparse.Namespace) -> Any:
+    from winnow.data import FieldMap
+
+    try:
+        return FieldMap(args.prompt_field, args.response_field)
+    except ValueError as e:
+        raise WinnowError(str(e)) from None
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from winnow.config import TrainConfig
+    from winnow.data import check_weights_cover, load_examples, read_weights
+    from winnow.train import finetune
+
+    config = _config(TrainConfig, args)
+    fields = _fields(args)
+    train = load_examples(args.data, fields).examples
+    val = load_examples(args.val, fields).examples if args.val else None
+    weights = None
+    if args.weights:
+        weights = read_weights(args.weights)
+        check_weights_cover(weights, train, args.weights)
+    result = finetune(train, config, args.out, val=val, weights=weights, progress=not args.no_progress)
+    val_txt = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"trained {result.steps} steps{val_txt}; model saved to {result.out / 'model'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    import json
+
+    from winnow.data import load_examples
+    from winnow.data.inspect import format_report, inspect_data
+    from winnow.models import load_model
+
+    data = load_examples(args.data, _fields(args))
+    texts = [m["content"] for ex in data.examples for m in ex.messages]
+    _, tokenizer = load_model(args.model, texts=texts)
+    report = inspect_data(data, tokenizer, max_length=args.max_length, truncation=args.truncation,
+                          batch_size=args.batch_size)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from winnow import __version__
+    from winnow.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="winnow", description="Curate LLM fine-tuning data against a trusted "
+                                     "validation set.")
+    parser.add_argument("--version", action="version", version=f"winnow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="weighted fine-tuning (LoRA for large models)")
+    p.add_argument("--data", required=True, help="training data: JSONL, JSON, Parquet or a dataset folder")
+    p.add_argument("--val", help="validation data, evaluated during and after training")
+    p.add_argument("--weights", help="JSONL of {id, weight} (e.g. from `winnow weigh`); default: "
+                   "each record's own `weight`, else uniform")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _data_args(p)
+    _config_args(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="read and tokenise data without training; report what training would see")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default="smollm2-135m", help="model whose tokenizer and chat template to use")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--truncation", choices=["drop", "left"], default="drop")
+    p.add_argument("--batch-size", type=int, default=8, help="for the padding estimate")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _data_args(p)
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``winnow`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except WinnowError as e:
+        print(f"winnow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("winnow: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

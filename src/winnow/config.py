@@ -1,0 +1,140 @@
+"""One typed config per stage; a YAML file is a serialised config."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from winnow.errors import WinnowError
+
+C = TypeVar("C")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Weighted supervised fine-tuning (the final fine-tune, and direct mixing)."""
+
+    model: str = "tiny"
+    """Built-in name (``tiny``, ``smollm2-135m``) or a local Hugging Face model folder."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed); ignored when ``max_steps`` is set."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides ``epochs``."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 2e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup: float = 0.05
+    """Share of the steps spent warming up linearly before the cosine decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    max_length: int = 512
+    """Longest tokenised example trained on."""
+    truncation: str = "drop"
+    """Over-long examples: ``drop`` them, or cut their context from the ``left``. Both are reported."""
+    train_on: str = "all"
+    """Assistant turns trained on in multi-turn data: ``all`` or ``last``."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding)."""
+    lora: bool | None = None
+    """Train LoRA adapters instead of all weights; ``None``: LoRA for models over 50M parameters."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_targets: str = "all-linear"
+    """Modules that get adapters: ``all-linear`` or a comma-separated list of module names."""
+    eval_every: int = 0
+    """Evaluate on the validation data every N steps (0: only at the end)."""
+    save_every: int = 50
+    """Write a resumable checkpoint every N steps (0: never)."""
+    log_every: int = 1
+    """Write a metrics row every N steps."""
+    seed: int = 0
+    """Seed of the data order, initialisation and dropout."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "epochs must be > 0")
+        _check(self.max_steps is None or self.max_steps > 0, "max_steps must be > 0")
+        _check(self.batch_size > 0 and self.grad_accum > 0, "batch_size and grad_accum must be > 0")
+        _check(self.lr > 0, "lr must be > 0")
+        _check(0 <= self.warmup < 1, "warmup must be in [0, 1)")
+        _check(self.max_length >= 8, "max_length must be >= 8")
+        _check(self.truncation in ("drop", "left"), "truncation must be 'drop' or 'left'")
+        _check(self.train_on in ("all", "last"), "train_on must be 'all' or 'last'")
+        _check(self.lora_r > 0, "lora_r must be > 0")
+        _check(min(self.eval_every, self.save_every) >= 0 and self.log_every > 0, "bad eval/save/log interval")
+
+    def targets(self) -> str | list[str]:
+        """``lora_targets`` as peft expects it."""
+        if self.lora_targets == "all-linear":
+            return "all-linear"
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise WinnowError(f"invalid config: {message}")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain data (for YAML and manifests)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[C], data: dict[str, Any], *, source: str = "config") -> C:
+    """Build a config from plain data, rejecting unknown keys by name."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise WinnowError(f"{source}: unknown option(s) {unknown}; known: {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise WinnowError(f"{source}: {e}") from None
+
+
+def load_yaml(cls: type[C], path: str | Path, section: str | None = None) -> C:
+    """Read a config (or one section of a run config) from YAML."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise WinnowError(f"{path}: cannot read config: {e}") from None
+    if section is not None:
+        data = data.get(section, {}) or {}
+    if not isinstance(data, dict):
+        raise WinnowError(f"{path}: expected a mapping of options")
+    return from_dict(cls, data, source=str(path))
+
+
+def save_yaml(config: Any, path: str | Path) -> None:
+    """Write a resolved config atomically."""
+    from winnow.io import atomic_open
+
+    with atomic_open(path) as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's one-line docstring (the string under it in the class body), for ``--help``."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs

@@ -1,0 +1,69 @@
+"""Per-example losses and token log-probabilities. Pure tensor functions, one label shift.
+
+The label-shift convention lives here alone: position ``t`` of the logits predicts token
+``t + 1``; ``shift`` applies it and every loss or log-probability goes through it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+"""Label of tokens that are not trained on (prompt and padding)."""
+
+Reduction = Literal["mean", "sum"]
+
+
+def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align next-token predictions with their targets.
+
+    >>> lg, lb = shift(torch.zeros(1, 4, 3), torch.tensor([[0, 1, 2, 0]]))
+    >>> tuple(lg.shape), lb.tolist()
+    ((1, 3, 3), [[1, 2, 0]])
+    """
+    return logits[:, :-1, :], labels[:, 1:]
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token, and the mask of target positions.
+
+    Args:
+        logits: ``(B, T, V)`` model outputs.
+        labels: ``(B, T)`` token ids, ``IGNORE_INDEX`` where not a target.
+
+    Returns:
+        ``(B, T-1)`` log-probs (0 off-target) and the ``(B, T-1)`` boolean target mask.
+    """
+    lg, lb = shift(logits, labels)
+    mask = lb != IGNORE_INDEX  # (B, T-1)
+    nll = F.cross_entropy(
+        lg.reshape(-1, lg.size(-1)).float(), lb.masked_fill(~mask, 0).reshape(-1), reduction="none"
+    ).view_as(lb)  # (B, T-1)
+    return -nll * mask, mask
+
+
+def per_example_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Negative log-likelihood of each example's target tokens: ``(B,)``.
+
+    ``"mean"`` averages over the example's own target tokens (DESIGN's ``l_i``); ``"sum"`` is
+    the sequence NLL ``-log π(y|x)``.
+    """
+    logp, mask = token_logprobs(logits, labels)
+    total = -logp.sum(dim=1)  # (B,)
+    if reduction == "sum":
+        return total
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``(1/B) Σ w_i l_i``: with mean-one weights this is on the scale of the plain mean.
+
+    >>> weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])).item()
+    1.0
+    """
+    if weights is None:
+        return losses.mean()
+    return (weights.to(losses.dtype) * losses).mean()

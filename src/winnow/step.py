@@ -1,0 +1,126 @@
+"""The step helper shared by the final fine-tune, BDS and the online loop.
+
+Everything here sees only "per-example losses of a batch under a model": ``batch_losses``
+turns a collated batch into a ``(B,)`` loss vector, ``weighted_step`` turns weighted
+micro-batches into one optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from winnow.data.batching import collate, epoch_batches
+from winnow.data.formatting import EncodedSet
+from winnow.losses import Reduction, per_example_nll
+
+Batch = dict[str, torch.Tensor]
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor of a batch to ``device``."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def batch_losses(model: torch.nn.Module, batch: Batch, reduction: Reduction = "mean") -> torch.Tensor:
+    """Per-example NLL of a batch's response tokens: ``(B,)``.
+
+    The model gets no ``labels`` so it never computes a loss of its own (a token mean over
+    the whole batch, which would mix examples).
+    """
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return per_example_nll(out.logits, batch["labels"], reduction)  # (B,)
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step did."""
+
+    loss: float
+    """Weighted mean loss over the step's examples."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+    examples: int
+    tokens: int
+    """Non-padding tokens processed."""
+
+
+def weighted_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence[tuple[Batch, torch.Tensor]],
+    *,
+    params: Iterable[torch.nn.Parameter],
+    max_grad_norm: float = 1.0,
+    scheduler: Any | None = None,
+    autocast: Any = None,
+) -> StepStats:
+    """One optimizer step on ``(1/n) Σ w_i l_i`` over all examples of the micro-batches.
+
+    Each micro-batch's loss is divided by the step's total example count, so splitting the
+    same examples into more micro-batches (gradient accumulation) gives the same gradient.
+    """
+    total = sum(b["input_ids"].shape[0] for b, _ in micro_batches)
+    loss_sum, tokens = 0.0, 0
+    for batch, weights in micro_batches:
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            losses = batch_losses(model, batch)  # (B,)
+        loss = (weights.to(losses.dtype) * losses).sum() / total
+        loss.backward()
+        loss_sum += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+    params = [p for p in params if p.grad is not None]
+    if max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.norm(torch.stack([p.grad.detach().norm() for p in params]))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(loss_sum, float(norm), total, tokens)
+
+
+@torch.no_grad()
+def dataset_losses(
+    model: torch.nn.Module,
+    data: EncodedSet,
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    reduction: Reduction = "mean",
+    autocast: Any = None,
+) -> torch.Tensor:
+    """Loss of every encoded example, in ``data.items`` order: ``(N,)`` on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(data.items))
+    lengths = data.lengths
+    for idx in epoch_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False, group_by_length=True):
+        batch = to_device(collate([data.items[i] for i in idx], idx, pad_id), device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            out[idx] = batch_losses(model, batch, reduction).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def flat_batches(lengths: Sequence[int], batch_size: int, *, seed: int, group_by_length: bool, start: int):
+    """Yield ``(position, batch)`` over consecutive epochs from global batch ``start`` on.
+
+    The order is a pure function of the seed and the position, so a resumed run sees the
+    same batches as an uninterrupted one.
+    """
+    per_epoch = math.ceil(len(lengths) / batch_size)
+    epoch, pos = divmod(start, per_epoch)
+    while True:
+        batches = epoch_batches(lengths, batch_size, seed=seed, epoch=epoch, group_by_length=group_by_length)
+        for j in range(pos, len(batches)):
+            yield epoch * per_epoch + j, batches[j]
+        epoch, pos = epoch + 1, 0
+
