@@ -133,8 +133,69 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
+    for node, nxt in zip(body, body[1:], strict=False):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
                 and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
             docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
+
+
+@dataclasses.dataclass
+class WeighConfig:
+    """Offline bilevel data selection: learn one weight per pool example (DESIGN §1.1)."""
+
+    method: str = "penalty"
+    """``penalty`` (value-function penalty, two models) or ``lite`` (SEAL-style, one model)."""
+    weight_map: str = "softmax"
+    """``softmax`` (``N·softmax(ω)``, mean weight 1) or ``sigmoid`` (``2·sigmoid(ω)``)."""
+    rounds: int = 10
+    """Rounds of training steps, each followed by a full-pool scoring pass and an ``ω`` step."""
+    steps_per_round: int = 4
+    """Model steps (lower then upper) per round."""
+    gamma: float = 10.0
+    """Penalty ``γ`` at the first round (``lite``: unused)."""
+    gamma_end: float | None = None
+    """Penalty at the last round, ramped linearly (``None``: keep ``gamma``)."""
+    lite_lambda: float = 0.5
+    """``lite``: weight of the validation loss at the first round, decaying linearly to 0."""
+    model_optimizer: str = "sgd"
+    """Optimizer of both models: ``sgd`` (``θ − φ`` is then exactly the validation pull) or ``adam``."""
+    model_lr: float = 0.1
+    """Learning rate of both models."""
+    omega_update: str = "natural"
+    """``natural``: each logit steps by its example's standardised signal (mirror descent on the
+    weights); ``gradient``: the plain gradient of the ``ω`` objective through the weight map."""
+    omega_optimizer: str = "sgd"
+    """Optimizer of the logits ``ω``: ``sgd`` (steps scale with the gaps) or ``adam`` (sign-like steps)."""
+    omega_lr: float = 1.0
+    """Learning rate of the logits ``ω``."""
+    tau: float = 0.0
+    """Entropy regulariser strength against collapse onto a few examples."""
+    batch_size: int = 8
+    """Pool examples per step."""
+    val_batch_size: int = 8
+    """Validation examples per step (the validation set is cycled independently)."""
+    seed: int = 0
+    """Seed of the data order."""
+
+    def __post_init__(self) -> None:
+        _check(self.method in ("penalty", "lite"), "method must be 'penalty' or 'lite'")
+        _check(self.weight_map in ("softmax", "sigmoid"), "weight_map must be 'softmax' or 'sigmoid'")
+        _check(self.rounds > 0 and self.steps_per_round >= 0, "rounds must be > 0, steps_per_round >= 0")
+        _check(self.gamma > 0 and (self.gamma_end is None or self.gamma_end > 0), "gamma must be > 0")
+        _check(0 <= self.lite_lambda <= 1, "lite_lambda must be in [0, 1]")
+        _check(self.omega_update in ("natural", "gradient"), "omega_update must be 'natural' or 'gradient'")
+        _check(self.model_optimizer in ("sgd", "adam") and self.omega_optimizer in ("sgd", "adam"),
+               "model_optimizer and omega_optimizer must be 'sgd' or 'adam'")
+        _check(self.model_lr > 0 and self.omega_lr > 0 and self.tau >= 0, "learning rates > 0, tau >= 0")
+        _check(self.batch_size > 0 and self.val_batch_size > 0, "batch sizes must be > 0")
+
+    def gamma_at(self, round_: int) -> float:
+        """The penalty of a round (0-based), ramped linearly from ``gamma`` to ``gamma_end``."""
+        end = self.gamma if self.gamma_end is None else self.gamma_end
+        frac = round_ / max(1, self.rounds - 1)
+        return self.gamma + (end - self.gamma) * frac
+
+    def lambda_at(self, round_: int) -> float:
+        """``lite``: the validation share of a round, decaying linearly to 0."""
+        return self.lite_lambda * (1 - round_ / max(1, self.rounds))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from winnow import models
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from winnow.config import TrainConfig, save_yaml, to_dict
+from winnow.config import TrainConfig, save_yaml
 from winnow.data import Example, collate, encode_all, epoch_batches, padding_fraction
 from winnow.data.formatting import EncodedSet
 from winnow.errors import WinnowError
@@ -98,14 +99,13 @@ def finetune(
     # --- model and data ---------------------------------------------------------------------
     texts = [m["content"] for ex in [*train, *(val or [])] for m in ex.messages]
     model, tokenizer, use_lora = prepare_model(config, texts)
-    w_all = [float(weights[ex.id]) if weights is not None else ex.weight for ex in train]
-    kept = [ex for ex, w in zip(train, w_all) if w > 0]
+    weight_of = {ex.id: float(weights[ex.id]) if weights is not None else ex.weight for ex in train}
+    kept = [ex for ex in train if weight_of[ex.id] > 0]
     enc = encode_for_training(tokenizer, kept, config)
     if not enc.items:
         raise WinnowError(f"no example left to train on ({len(train)} given, {len(kept)} with weight > 0, "
                           f"{len(enc.dropped)} too long or empty)")
-    by_id = {ex.id: w for ex, w in zip(train, w_all)}
-    item_w = torch.tensor([by_id[kept[i].id] for i in enc.index])  # (n,)
+    item_w = torch.tensor([weight_of[kept[i].id] for i in enc.index])  # (n,)
     val_enc = encode_for_training(tokenizer, val, config) if val else None
     lengths = enc.lengths
     pad_id = tokenizer.pad_token_id
@@ -184,6 +184,7 @@ def finetune(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     write_json(out / DONE, {**run_info("train", config), "steps": step, "train_loss": loss, "val_loss": val_loss})
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished run
     return TrainResult(out, step, loss, val_loss, model, tokenizer)
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from winnow.data.batching import epoch_batches, padding_fraction
-from winnow.data.formatting import Truncation, TrainOn, encode_all
+from winnow.data.formatting import TrainOn, Truncation, encode_all
 from winnow.data.readers import LoadedData
 
 

@@ -236,7 +236,9 @@ def _pair(prompt: str, response: str) -> tuple[Message, ...]:
     return ({"role": "user", "content": prompt}, {"role": "assistant", "content": response})
 
 
-def _messages(value: Any, name: str, fail: Any, *, final_assistant: bool = True) -> tuple[Message, ...]:
+def _messages(
+    value: Any, name: str, fail: Any, *, final_assistant: bool = True, need_user: bool = True
+) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
         raise fail("expected a non-empty list of {role, content} messages", name)
     out: list[Message] = []
@@ -254,8 +256,8 @@ def _messages(value: Any, name: str, fail: Any, *, final_assistant: bool = True)
     if final_assistant:
         if out[-1]["role"] != "assistant":
             raise fail("the last message must be the assistant's response", f"{name}[{len(out) - 1}].role")
-        if not any(m["role"] == "user" and m["content"].strip() for m in out):
-            raise fail("no non-empty user message", name)
+    if need_user and not any(m["role"] == "user" and m["content"].strip() for m in out):
+        raise fail("no non-empty user message", name)
     return tuple(out)
 
 
@@ -263,12 +265,10 @@ def _prompt_completion(rec: dict[str, Any], fail: Any, text: Any) -> tuple[Messa
     prompt, completion = rec.get("prompt"), rec.get("completion")
     if isinstance(prompt, list):
         head = _messages(prompt, "prompt", fail, final_assistant=False)
-        if not any(m["role"] == "user" and m["content"].strip() for m in head):
-            raise fail("no non-empty user message", "prompt")
     else:
         head = ({"role": "user", "content": text("prompt")},)
     if isinstance(completion, list):
-        tail = _messages(completion, "completion", fail)
+        tail = _messages(completion, "completion", fail, need_user=False)
     else:
         tail = ({"role": "assistant", "content": text("completion")},)
     return head + tail
