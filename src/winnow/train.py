@@ -171,7 +171,8 @@ def finetune(
             append_jsonl(out / "metrics.jsonl", {"step": step, "val_loss": val_loss})
             bar.set_postfix(loss=f"{loss:.4f}", val=f"{val_loss:.4f}")
         if config.save_every and step % config.save_every == 0 and step < total:
-            save_checkpoint(out / "checkpoints", step, tensors=_trainable(model), meta={"total": total},
+            save_checkpoint(out / "checkpoints", step, tensors=models.trainable_parameters(model),
+                            meta={"total": total},
                             states={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
     bar.close()
 
@@ -196,13 +197,9 @@ def _metrics(out: Path) -> list[dict[str, Any]]:
     return read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
 
 
-def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
 def _load_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     own = dict(model.named_parameters())
-    missing = set(_trainable(model)) - set(tensors)
+    missing = set(models.trainable_parameters(model)) - set(tensors)
     if missing:
         raise WinnowError(f"checkpoint does not match the model: {len(missing)} trainable tensors missing")
     with torch.no_grad():
