@@ -167,7 +167,7 @@ class WeighConfig:
     weights); ``gradient``: the plain gradient of the ``ω`` objective through the weight map."""
     omega_optimizer: str = "sgd"
     """Optimizer of the logits ``ω``: ``sgd`` (steps scale with the gaps) or ``adam`` (sign-like steps)."""
-    omega_lr: float = 1.0
+    omega_lr: float = 0.2
     """Learning rate of the logits ``ω``."""
     tau: float = 0.0
     """Entropy regulariser strength against collapse onto a few examples."""
