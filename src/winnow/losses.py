@@ -6,6 +6,7 @@ The label-shift convention lives here alone: position ``t`` of the logits predic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -53,6 +54,30 @@ def per_example_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: Reduc
     """
     logp, mask = token_logprobs(logits, labels)
     total = -logp.sum(dim=1)  # (B,)
+    if reduction == "sum":
+        return total
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+def per_example_nll_from_hidden(
+    hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """``per_example_nll`` computed from final hidden states, projecting only target positions.
+
+    Equal to ``per_example_nll(head(hidden), labels)`` but the ``(·, V)`` logits exist only for
+    the response tokens, not for every prompt and padding position.
+
+    Args:
+        hidden: ``(B, T, H)`` final hidden states.
+        head: the output projection, ``(n, H) -> (n, V)``.
+        labels: ``(B, T)``, ``IGNORE_INDEX`` off-target.
+    """
+    lb = labels[:, 1:]  # (B, T-1): the same shift as ``shift``
+    mask = lb != IGNORE_INDEX
+    rows = mask.nonzero()[:, 0]  # (n,) example of each target token
+    nll = F.cross_entropy(head(hidden[:, :-1][mask]).float(), lb[mask], reduction="none")  # (n,)
+    total = torch.zeros(labels.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)  # (B,)
     if reduction == "sum":
         return total
     return total / mask.sum(dim=1).clamp(min=1)

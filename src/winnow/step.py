@@ -17,7 +17,7 @@ import torch
 
 from winnow.data.batching import collate, epoch_batches
 from winnow.data.formatting import EncodedSet
-from winnow.losses import Reduction, per_example_nll
+from winnow.losses import Reduction, per_example_nll, per_example_nll_from_hidden
 
 Batch = dict[str, torch.Tensor]
 
@@ -27,14 +27,39 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2", "phi3"}
+"""Model types whose logits are exactly ``lm_head(last hidden state)`` (no soft-capping or scale)."""
+
+
 def batch_losses(model: torch.nn.Module, batch: Batch, reduction: Reduction = "mean") -> torch.Tensor:
     """Per-example NLL of a batch's response tokens: ``(B,)``.
 
     The model gets no ``labels`` so it never computes a loss of its own (a token mean over
-    the whole batch, which would mix examples).
+    the whole batch, which would mix examples). For model types in ``PLAIN_HEAD_MODELS`` the
+    output head is applied to response positions only, which skips most of the largest
+    matrix product (prompt and padding logits are never used).
     """
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return per_example_nll(out.logits, batch["labels"], reduction)  # (B,)
+    split = _backbone_and_head(model)
+    if split is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return per_example_nll(out.logits, batch["labels"], reduction)  # (B,)
+    backbone, head = split
+    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      use_cache=False).last_hidden_state  # (B, T, H)
+    return per_example_nll_from_hidden(hidden, head, batch["labels"], reduction)  # (B,)
+
+
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder stack, output head) of a causal LM whose head is a plain projection, else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # unwrap peft
+    config = getattr(base, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if backbone is None or head is None:
+        return None
+    return backbone, head
 
 
 @dataclass

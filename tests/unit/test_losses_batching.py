@@ -72,3 +72,25 @@ def test_collate_pads_right():
     b = collate([Encoded([1, 2, 3], [IGNORE_INDEX, 2, 3]), Encoded([4], [4])], [7, 9], pad_id=0)
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b["labels"][1].tolist() == [4, IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_head_on_targets_only_equals_full_logits(tiny, examples):
+    """The fast path (head on response positions) gives the full-logits losses and gradients."""
+    import copy
+
+    from winnow.models import add_lora
+
+    model, tok = tiny
+    enc = encode_all(tok, examples[:5], max_length=128)
+    batch = collate(enc.items, list(range(5)), tok.pad_token_id)
+    for m in (model, add_lora(copy.deepcopy(model), r=4)):
+        ref = copy.deepcopy(m)
+        fast = batch_losses(m, batch, "sum")
+        out = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        full = per_example_nll(out.logits, batch["labels"], "sum")
+        assert torch.allclose(fast, full, atol=1e-4)
+        fast.sum().backward()
+        full.sum().backward()
+        for (name, p), (_, q) in zip(m.named_parameters(), ref.named_parameters(), strict=True):
+            if p.requires_grad:
+                assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
