@@ -14,11 +14,45 @@ C = TypeVar("C")
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Weighted supervised fine-tuning (the final fine-tune, and direct mixing)."""
+class ModelOptions:
+    """Which model a stage trains and how its examples are tokenised (shared by several stages)."""
 
     model: str = "tiny"
     """Built-in name (``tiny``, ``smollm2-135m``) or a local Hugging Face model folder."""
+    max_length: int = 512
+    """Longest tokenised example trained on."""
+    truncation: str = "drop"
+    """Over-long examples: ``drop`` them, or cut their context from the ``left``. Both are reported."""
+    train_on: str = "all"
+    """Assistant turns trained on in multi-turn data: ``all`` or ``last``."""
+    lora: bool | None = None
+    """Train LoRA adapters instead of all weights; ``None``: LoRA for models over 50M parameters."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """LoRA dropout."""
+    lora_targets: str = "all-linear"
+    """Modules that get adapters: ``all-linear`` or a comma-separated list of module names."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 8, "max_length must be >= 8")
+        _check(self.truncation in ("drop", "left"), "truncation must be 'drop' or 'left'")
+        _check(self.train_on in ("all", "last"), "train_on must be 'all' or 'last'")
+        _check(self.lora_r > 0, "lora_r must be > 0")
+
+    def targets(self) -> str | list[str]:
+        """``lora_targets`` as peft expects it."""
+        if self.lora_targets == "all-linear":
+            return "all-linear"
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+@dataclasses.dataclass
+class TrainConfig(ModelOptions):
+    """Weighted supervised fine-tuning (the final fine-tune, and direct mixing)."""
+
     epochs: float = 1.0
     """Passes over the training data (fractions allowed); ignored when ``max_steps`` is set."""
     max_steps: int | None = None
@@ -35,24 +69,8 @@ class TrainConfig:
     """Share of the steps spent warming up linearly before the cosine decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 disables clipping)."""
-    max_length: int = 512
-    """Longest tokenised example trained on."""
-    truncation: str = "drop"
-    """Over-long examples: ``drop`` them, or cut their context from the ``left``. Both are reported."""
-    train_on: str = "all"
-    """Assistant turns trained on in multi-turn data: ``all`` or ``last``."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding)."""
-    lora: bool | None = None
-    """Train LoRA adapters instead of all weights; ``None``: LoRA for models over 50M parameters."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """LoRA dropout."""
-    lora_targets: str = "all-linear"
-    """Modules that get adapters: ``all-linear`` or a comma-separated list of module names."""
     eval_every: int = 0
     """Evaluate on the validation data every N steps (0: only at the end)."""
     save_every: int = 50
@@ -63,22 +81,13 @@ class TrainConfig:
     """Seed of the data order, initialisation and dropout."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.epochs > 0, "epochs must be > 0")
         _check(self.max_steps is None or self.max_steps > 0, "max_steps must be > 0")
         _check(self.batch_size > 0 and self.grad_accum > 0, "batch_size and grad_accum must be > 0")
         _check(self.lr > 0, "lr must be > 0")
         _check(0 <= self.warmup < 1, "warmup must be in [0, 1)")
-        _check(self.max_length >= 8, "max_length must be >= 8")
-        _check(self.truncation in ("drop", "left"), "truncation must be 'drop' or 'left'")
-        _check(self.train_on in ("all", "last"), "train_on must be 'all' or 'last'")
-        _check(self.lora_r > 0, "lora_r must be > 0")
         _check(min(self.eval_every, self.save_every) >= 0 and self.log_every > 0, "bad eval/save/log interval")
-
-    def targets(self) -> str | list[str]:
-        """``lora_targets`` as peft expects it."""
-        if self.lora_targets == "all-linear":
-            return "all-linear"
-        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
 
 
 def _check(ok: bool, message: str) -> None:
@@ -130,13 +139,14 @@ def field_docs(cls: type) -> dict[str, str]:
     import inspect
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:], strict=False):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 
 

@@ -22,18 +22,15 @@ from transformers import get_cosine_schedule_with_warmup
 from winnow import models
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import TrainConfig, save_yaml
-from winnow.data import Example, collate, encode_all, epoch_batches, padding_fraction
+from winnow.data import Example, collate, epoch_batches, padding_fraction
 from winnow.data.formatting import EncodedSet
 from winnow.errors import WinnowError
 from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
 from winnow.manifest import DONE, is_done, run_info
+from winnow.prepare import encode_for_training, prepare_model
 from winnow.step import dataset_losses, flat_batches, to_device, weighted_step
 
 log = logging.getLogger(__name__)
-
-LORA_ABOVE = 50_000_000
-"""Models with more parameters than this get LoRA adapters unless the config says otherwise."""
-
 
 @dataclass
 class TrainResult:
@@ -45,30 +42,6 @@ class TrainResult:
     val_loss: float | None
     model: Any = None
     tokenizer: Any = None
-
-
-def prepare_model(config: TrainConfig, texts: Sequence[str]) -> tuple[Any, Any, bool]:
-    """Load the model named by the config and add a LoRA adapter when asked (or when large)."""
-    torch.manual_seed(config.seed)
-    model, tokenizer = models.load_model(config.model, texts=texts, dtype=torch.float32, seed=config.seed)
-    use_lora = config.lora if config.lora is not None else models.count_parameters(model)[1] > LORA_ABOVE
-    if use_lora:
-        model = models.add_lora(
-            model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-            target_modules=config.targets(),
-        )
-    return model, tokenizer, use_lora
-
-
-def encode_for_training(tokenizer: Any, examples: Sequence[Example], config: TrainConfig) -> EncodedSet:
-    """Encode with the config's length policy, logging what was dropped or truncated."""
-    enc = encode_all(tokenizer, examples, max_length=config.max_length, truncation=config.truncation,  # type: ignore[arg-type]
-                     train_on=config.train_on)  # type: ignore[arg-type]
-    if enc.dropped:
-        log.warning("dropped %d of %d examples (first: %s: %s)", len(enc.dropped), len(examples), *enc.dropped[0])
-    if enc.truncated:
-        log.warning("cut the context of %d examples from the left", len(enc.truncated))
-    return enc
 
 
 def finetune(
@@ -98,7 +71,7 @@ def finetune(
 
     # --- model and data ---------------------------------------------------------------------
     texts = [m["content"] for ex in [*train, *(val or [])] for m in ex.messages]
-    model, tokenizer, use_lora = prepare_model(config, texts)
+    model, tokenizer, use_lora = prepare_model(config, texts, seed=config.seed)
     weight_of = {ex.id: float(weights[ex.id]) if weights is not None else ex.weight for ex in train}
     kept = [ex for ex in train if weight_of[ex.id] > 0]
     enc = encode_for_training(tokenizer, kept, config)
