@@ -33,7 +33,7 @@ def _config_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=docs.get(f.name))
         else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
             p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
                            help=f"{docs.get(f.name, '')} (default: {f.default})")
 
@@ -94,12 +94,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weigh(args: argparse.Namespace) -> int:
+    from winnow.config import WeighConfig
+    from winnow.data import load_examples
+    from winnow.weigh import weigh
+
+    config = _config(WeighConfig, args)
+    fields = _fields(args)
+    pool = load_examples(args.pool, fields).examples
+    val = load_examples(args.val, fields).examples
+    weights = weigh(pool, val, config, args.out, progress=not args.no_progress)
+    low = sum(w < 0.1 for w in weights.values())
+    print(f"weighed {len(weights)} examples ({config.method}); {low} below 0.1; "
+          f"weights in {args.out}/weights.jsonl")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from winnow.data import load_examples, read_scores, read_weights
+    from winnow.select import select, write_selection
+
+    pool = load_examples(args.pool, _fields(args)).examples
+    scores = read_scores(args.weights)
+    sel = select(pool, scores, top=args.top, top_k=args.top_k, threshold=args.threshold)
+    summary = write_selection(sel, args.out, read_weights(args.weights))
+    print(f"kept {summary['kept']}, rejected {summary['rejected']} ({summary['rule']}); "
+          f"wrote {args.out}/kept.jsonl and {args.out}/rejected.jsonl")
+    return 0
+
+
 # --- wiring -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     from winnow import __version__
-    from winnow.config import TrainConfig
+    from winnow.config import TrainConfig, WeighConfig
 
     parser = argparse.ArgumentParser(prog="winnow", description="Curate LLM fine-tuning data against a trusted "
                                      "validation set.")
@@ -127,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _data_args(p)
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("weigh", help="learn one weight per pool example against a validation set (BDS)")
+    p.add_argument("--pool", required=True, help="the SFT data to weigh")
+    p.add_argument("--val", required=True, help="small trusted validation set")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _data_args(p)
+    _config_args(p, WeighConfig)
+    p.set_defaults(func=cmd_weigh)
+
+    p = sub.add_parser("select", help="keep the best-weighted examples (no retraining)")
+    p.add_argument("--weights", required=True, help="weights.jsonl of `winnow weigh`")
+    p.add_argument("--pool", required=True, help="the data that was weighed")
+    p.add_argument("--out", required=True, help="folder for kept.jsonl and rejected.jsonl")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--top", type=float, help="keep this fraction, e.g. 0.8")
+    budget.add_argument("--top-k", type=int, help="keep this many")
+    budget.add_argument("--threshold", type=float, help="keep every example scoring at least this")
+    _data_args(p)
+    p.set_defaults(func=cmd_select)
     return parser
 
 

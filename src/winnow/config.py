@@ -12,6 +12,9 @@ from winnow.errors import WinnowError
 
 C = TypeVar("C")
 
+BASELINES = ("direct", "random", "length", "base_loss", "val_gain")
+"""Weighing methods that score examples without bilevel learning (``winnow.baselines``)."""
+
 
 @dataclasses.dataclass
 class ModelOptions:
@@ -151,11 +154,12 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 @dataclasses.dataclass
-class WeighConfig:
+class WeighConfig(ModelOptions):
     """Offline bilevel data selection: learn one weight per pool example (DESIGN §1.1)."""
 
     method: str = "penalty"
-    """``penalty`` (value-function penalty, two models) or ``lite`` (SEAL-style, one model)."""
+    """``penalty`` (value-function penalty, two models), ``lite`` (SEAL-style, one model), or a
+    baseline score: ``direct``, ``random``, ``length``, ``base_loss``, ``val_gain``."""
     weight_map: str = "softmax"
     """``softmax`` (``N·softmax(ω)``, mean weight 1) or ``sigmoid`` (``2·sigmoid(ω)``)."""
     rounds: int = 10
@@ -189,7 +193,8 @@ class WeighConfig:
     """Seed of the data order."""
 
     def __post_init__(self) -> None:
-        _check(self.method in ("penalty", "lite"), "method must be 'penalty' or 'lite'")
+        super().__post_init__()
+        _check(self.method in ("penalty", "lite", *BASELINES), f"method must be one of penalty, lite, {BASELINES}")
         _check(self.weight_map in ("softmax", "sigmoid"), "weight_map must be 'softmax' or 'sigmoid'")
         _check(self.rounds > 0 and self.steps_per_round >= 0, "rounds must be > 0, steps_per_round >= 0")
         _check(self.gamma > 0 and (self.gamma_end is None or self.gamma_end > 0), "gamma must be > 0")

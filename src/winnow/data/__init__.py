@@ -9,6 +9,7 @@ from winnow.data.readers import (
     check_weights_cover,
     load_examples,
     read_examples,
+    read_scores,
     read_weights,
 )
 from winnow.data.writers import to_record, write_examples
@@ -28,6 +29,7 @@ __all__ = [
     "load_examples",
     "padding_fraction",
     "read_examples",
+    "read_scores",
     "read_weights",
     "render",
     "render_prompt",

@@ -298,3 +298,26 @@ def check_weights_cover(weights: dict[str, float], examples: list[Example], weig
         raise InputError(weights_path, f"{len(missing)} of {len(examples)} example ids have no weight "
                          f"(first: {', '.join(missing[:3])}); was it computed for another data file?",
                          field="id")
+
+
+def read_scores(path: str | Path) -> dict[str, float]:
+    """Selection scores of a ``weights.jsonl``: its ``score`` field, else its ``weight``.
+
+    A row without a score (an example that could not be scored) ranks last.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    out: dict[str, float] = {}
+    for loc, rec in _jsonl(path):
+        if "id" not in rec:
+            raise InputError(path, "missing", line=loc, field="id")
+        name = "score" if "score" in rec else "weight"
+        value = rec.get(name)
+        if value is None:
+            out[str(rec["id"])] = float("-inf")
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+            raise InputError(path, f"expected a number, got {value!r}", line=loc, field=name)
+        out[str(rec["id"])] = float(value)
+    return out
