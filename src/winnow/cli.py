@@ -123,6 +123,28 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from winnow.tasks import DEFAULT_SIZES, TASKS, build_task, export_task, summary
+
+    if args.action == "list":
+        for name, text in TASKS.items():
+            d = DEFAULT_SIZES[name]
+            print(f"{name}: {text}\n  defaults: pool {d.pool} ({d.bad_share:.0%} bad), val {d.val}, test {d.test}")
+        return 0
+    if args.name is None or args.out is None:
+        raise WinnowError("usage: winnow tasks export NAME --out DIR [--seed N] [--pool-size N] ...")
+    task = build_task(args.name, seed=args.seed, pool_size=args.pool_size, val_size=args.val_size,
+                      test_size=args.test_size, bad_share=args.bad_share)
+    paths = export_task(task, args.out)
+    counts = {"pool": len(task.pool), "pool_labels": len(task.pool), "val": len(task.val), "test": len(task.test)}
+    for name, path in paths.items():
+        print(f"{path}" + (f"  ({counts[name]} records)" if name in counts else ""))
+    info = summary(task)
+    print(f"task {task.name}, seed {task.seed}: bad share {info['bad_share']:.2f}, "
+          f"response-length AUROC {info.get('length_auroc', float('nan')):.3f}")
+    return 0
+
+
 # --- wiring -----------------------------------------------------------------------------------
 
 
@@ -175,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--threshold", type=float, help="keep every example scoring at least this")
     _data_args(p)
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("tasks", help="list the built-in tasks, or export one (pool, labels, val, test)")
+    p.add_argument("action", nargs="?", choices=["list", "export"], default="list")
+    p.add_argument("name", nargs="?", help="task to export (see `winnow tasks`)")
+    p.add_argument("--out", help="folder for pool.jsonl, pool_labels.jsonl, val.jsonl, test.jsonl, task.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of every random choice")
+    p.add_argument("--pool-size", type=int, help="pool examples (default: the task's)")
+    p.add_argument("--val-size", type=int, help="validation examples (default: the task's)")
+    p.add_argument("--test-size", type=int, help="test examples (default: the task's)")
+    p.add_argument("--bad-share", type=float, help="share of bad pool pairs (default: the task's)")
+    p.set_defaults(func=cmd_tasks)
     return parser
 
 
