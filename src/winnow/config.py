@@ -162,10 +162,12 @@ class WeighConfig(ModelOptions):
     baseline score: ``direct``, ``random``, ``length``, ``base_loss``, ``val_gain``."""
     weight_map: str = "softmax"
     """``softmax`` (``N·softmax(ω)``, mean weight 1) or ``sigmoid`` (``2·sigmoid(ω)``)."""
-    rounds: int = 10
+    rounds: int = 30
     """Rounds of training steps, each followed by a full-pool scoring pass and an ``ω`` step."""
     steps_per_round: int = 4
     """Model steps (lower then upper) per round."""
+    resync: bool = True
+    """``penalty``: start every round with ``θ := φ``, so the gap measures only that round's validation pull."""
     gamma: float = 10.0
     """Penalty ``γ`` at the first round (``lite``: unused)."""
     gamma_end: float | None = None
@@ -177,18 +179,26 @@ class WeighConfig(ModelOptions):
     model_lr: float = 0.1
     """Learning rate of both models."""
     omega_update: str = "natural"
-    """``natural``: each logit steps by its example's standardised signal (mirror descent on the
-    weights); ``gradient``: the plain gradient of the ``ω`` objective through the weight map."""
+    """``natural``: ``ω = −(running mean of the robust-standardised gap)/τ``, the closed-form optimum of the
+    entropy-regularised objective; ``gradient``: ``omega_optimizer`` steps on that objective's plain gradient."""
     omega_optimizer: str = "sgd"
-    """Optimizer of the logits ``ω``: ``sgd`` (steps scale with the gaps) or ``adam`` (sign-like steps)."""
-    omega_lr: float = 0.2
-    """Learning rate of the logits ``ω``."""
-    tau: float = 0.0
-    """Entropy regulariser strength against collapse onto a few examples."""
+    """``gradient``: optimizer of the logits ``ω``, ``sgd`` (steps scale with the gaps) or ``adam`` (sign-like)."""
+    omega_lr: float = 0.1
+    """``natural``: averaging rate of the score in (0, 1] (bias-corrected; 1 keeps only the last round);
+    ``gradient``: learning rate of ``ω``."""
+    tau: float = 0.5
+    """Entropy temperature: ``natural`` weights are ``∝ exp(−score/τ)``, the score in robust standard
+    deviations; ``gradient``: strength of the entropy regulariser (0: none)."""
+    gain_cap: float = 1.0
+    """``natural``: softly cap how far below the median a score counts, so up-weighting stays bounded
+    (by about ``exp(gain_cap/τ)``) and the weights cannot collapse onto a few examples."""
     batch_size: int = 8
     """Pool examples per step."""
     val_batch_size: int = 8
     """Validation examples per step (the validation set is cycled independently)."""
+    score_tokens: int = 0
+    """Baseline scores use each example's first N response tokens only (0: all): what separates a
+    refusal from a compliance sits at the start, and a mean over a long response washes it out."""
     seed: int = 0
     """Seed of the data order."""
 
@@ -197,13 +207,19 @@ class WeighConfig(ModelOptions):
         _check(self.method in ("penalty", "lite", *BASELINES), f"method must be one of penalty, lite, {BASELINES}")
         _check(self.weight_map in ("softmax", "sigmoid"), "weight_map must be 'softmax' or 'sigmoid'")
         _check(self.rounds > 0 and self.steps_per_round >= 0, "rounds must be > 0, steps_per_round >= 0")
+        _check(isinstance(self.resync, bool), "resync must be true or false")
         _check(self.gamma > 0 and (self.gamma_end is None or self.gamma_end > 0), "gamma must be > 0")
         _check(0 <= self.lite_lambda <= 1, "lite_lambda must be in [0, 1]")
         _check(self.omega_update in ("natural", "gradient"), "omega_update must be 'natural' or 'gradient'")
         _check(self.model_optimizer in ("sgd", "adam") and self.omega_optimizer in ("sgd", "adam"),
                "model_optimizer and omega_optimizer must be 'sgd' or 'adam'")
         _check(self.model_lr > 0 and self.omega_lr > 0 and self.tau >= 0, "learning rates > 0, tau >= 0")
+        if self.omega_update == "natural":
+            _check(self.omega_lr <= 1, "omega_update 'natural' needs omega_lr in (0, 1] (an averaging rate)")
+            _check(self.tau > 0, "omega_update 'natural' needs tau > 0 (the weights are exp(-score/tau))")
+        _check(self.gain_cap >= 0, "gain_cap must be >= 0")
         _check(self.batch_size > 0 and self.val_batch_size > 0, "batch sizes must be > 0")
+        _check(self.score_tokens >= 0, "score_tokens must be >= 0")
 
     def gamma_at(self, round_: int) -> float:
         """The penalty of a round (0-based), ramped linearly from ``gamma`` to ``gamma_end``."""

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from winnow.bilevel.bds import TwoCopies, learn_weights
-from winnow.bilevel.weights import entropy_term, logits_from_weights, weight_stats, weights_from_logits
+from winnow.bilevel.weights import (
+    entropy_term,
+    logits_from_weights,
+    robust_score,
+    weight_stats,
+    weights_from_logits,
+)
 from winnow.config import WeighConfig
 from winnow.errors import WinnowError
 
@@ -73,6 +79,52 @@ def test_weight_stats():
     s = weight_stats(torch.ones(10))
     assert abs(s["ess"] - 1) < 1e-6 and abs(s["bottom_decile_mass"] - 0.1) < 1e-6
     assert weight_stats(torch.tensor([10.0] + [0.0] * 9))["ess"] == pytest.approx(0.1)
+
+
+def test_robust_score_is_scale_free_ordered_and_caps_gains_only():
+    s = torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 3  # heavy-tailed
+    z = robust_score(s, gain_cap=1.0)
+    assert torch.allclose(robust_score(1e-4 * s + 7.0, gain_cap=1.0), z)  # shift and scale free
+    assert torch.equal(z.argsort(), s.argsort())  # monotone: the order of the signal is kept
+    assert z.min() > -1.0 and z.max() > 3.0  # gains squashed into (-1, 0), losses not capped
+    assert robust_score(s, gain_cap=0.0).min() == 0.0
+    flat = torch.tensor([0.0, 0.0, 0.0, 1e-9])  # MAD 0: the floor keeps rounding noise small
+    assert robust_score(flat, 1.0, floor=1e-3).max() < 1e-5
+
+
+def test_natural_update_is_the_closed_form_bmo_weights_of_the_robust_score():
+    """One round with ``omega_lr = 1``: ``p = N·softmax(−z/τ)``, z the robust score of ``γ·gap``."""
+    pool, val = regression()
+    cfg = WeighConfig(rounds=1, steps_per_round=3, model_lr=0.05, omega_lr=1.0, tau=0.7, gamma=5.0)
+    res = learn_weights(linear(), pool, val, cfg, progress=False)
+    z = robust_score(5.0 * (res.upper_losses - res.lower_losses), cfg.gain_cap)
+    assert torch.allclose(res.weights, 40 * torch.softmax(-z / 0.7, dim=0), atol=1e-5)
+    assert torch.allclose(res.scores, z)
+
+
+def test_resync_makes_the_gap_measure_only_this_rounds_validation_pull():
+    """SGD, one step per round: after round 2, ``θ − φ = −(lr/γ)·∇L_val(φ at the round's start)``."""
+    pool, val = regression()
+    paired = linear()
+    snaps = []
+
+    def keep(r, row):
+        snaps.append({w: paired.models[w].weight.detach().clone() for w in ("upper", "lower")})
+
+    cfg = WeighConfig(rounds=2, steps_per_round=1, model_lr=0.05, gamma=4.0, val_batch_size=8)
+    learn_weights(paired, pool, val, cfg, progress=False, on_round=keep)
+    phi = snaps[0]["lower"].clone().requires_grad_(True)  # θ := φ here at the start of round 2
+    ((val.x @ phi.T).squeeze(-1) - val.y).pow(2).mean().backward()
+    pull = -(0.05 / 4.0) * phi.grad
+    assert torch.allclose(snaps[1]["upper"] - snaps[1]["lower"], pull, atol=1e-6)
+
+
+def test_natural_update_needs_an_averaging_rate_and_a_temperature():
+    with pytest.raises(WinnowError, match="omega_lr in"):
+        WeighConfig(omega_lr=1.5)
+    with pytest.raises(WinnowError, match="tau > 0"):
+        WeighConfig(tau=0.0)
+    WeighConfig(omega_update="gradient", omega_lr=1.5, tau=0.0)  # plain gradient steps: any lr, no entropy
 
 
 def test_small_validation_set_never_shortens_a_pool_pass():

@@ -2,9 +2,18 @@
 
 The loop sees a ``PairedModel`` (per-example losses of a batch under the upper model ``θ`` or
 the lower model ``φ``) and two ``Indexed`` data sets (``batch(index)`` builds a batch). It runs
-rounds: ``steps_per_round`` model steps, then a forward-only scoring pass over the whole pool
-and one full-vector step on the logits ``ω``, so every example's gap is fresh when its weight
-moves. The same code drives a linear model on synthetic data and an LLM with two LoRA adapters.
+rounds: ``θ := φ``, ``steps_per_round`` model steps, then a forward-only scoring pass over the
+whole pool and one full-vector update of the logits ``ω``, so every example's gap is fresh when
+its weight moves. The same code drives a linear model on synthetic data and an LLM with two
+LoRA adapters.
+
+The default ``ω`` update (``natural``) is what made the synthetic checks pass
+(``tests/invariant/test_bds_synthetic.py``; numbers in ``benchmarks/RESULTS.md``): each round's
+gap ``γ(l_i(θ) − l_i(φ))`` is standardised by its median and MAD (scale-free, robust to the
+heavy tail of the conflicting examples), the gain side softly capped, averaged over rounds
+(bias-corrected EMA) and mapped to ``ω = −score/τ`` — the closed-form optimum of the
+entropy-regularised objective, i.e. the BMO weights of DESIGN §1.3 on the averaged score.
+Plain gradient steps on ``ω`` (Adam or SGD) either collapsed or did not separate.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from typing import Any, Literal, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from winnow.bilevel.weights import entropy_term, weight_stats, weights_from_logits
+from winnow.bilevel.weights import entropy_term, robust_score, weight_stats, weights_from_logits
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import WeighConfig
 from winnow.errors import WinnowError
@@ -29,6 +38,10 @@ from winnow.step import flat_batches
 log = logging.getLogger(__name__)
 
 Which = Literal["upper", "lower"]
+
+RESOLUTION = 1e-6
+"""A gap spread below this share of the loss scale is rounding noise (float32 losses carry about
+1e-7 relative error), so the score's scale never falls below it."""
 
 
 class PairedModel(Protocol):
@@ -79,6 +92,8 @@ class BDSResult:
     """Per round: gamma, validation loss, penalty gap, weight stats."""
     snapshots: list[list[float]] = field(default_factory=list)
     """Weights after each round (for trajectory plots)."""
+    scores: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    """``natural``: each example's averaged robust score (weights ``∝ exp(−score/τ)``); else empty."""
 
 
 @torch.no_grad()
@@ -106,11 +121,14 @@ def learn_weights(
 ) -> BDSResult:
     """Learn one weight per pool example so the upper model is best on validation.
 
-    Penalty form, per step on a pool batch ``I`` and a validation batch (cycled independently):
-    ``φ`` steps on ``mean sg(p_i) l_i(φ)``; ``θ`` on ``L_val(θ) + γ mean sg(p_i) l_i(θ)``. After
-    each round, ``ω`` takes one step on ``γ mean_i p_i(ω) sg(l_i(θ) − l_i(φ)) + τ Σ q log q`` over
-    the whole pool. ``lite``: no ``φ``; ``θ`` steps on ``λ L_val + (1−λ) mean sg(p_i) l_i(θ)`` and
-    ``ω`` on ``mean p_i(ω) sg(l_i(θ))``.
+    Penalty form: each round starts with ``θ := φ`` (``resync``); per step on a pool batch ``I``
+    and a validation batch (cycled independently), ``φ`` steps on ``mean sg(p_i) l_i(φ)`` and
+    ``θ`` on ``L_val(θ)/γ + mean sg(p_i) l_i(θ)``. After the round the whole pool is scored and
+    ``ω`` moves on the signal ``s_i = γ(l_i(θ) − l_i(φ))`` of the objective
+    ``mean_i p_i(ω) s_i + τ Σ q log q``: ``natural`` sets ``ω = −EMA(robust_score(s))/τ``, its
+    closed-form minimiser on the averaged standardised signal; ``gradient`` takes one optimizer
+    step on its gradient. ``lite``: no ``φ``; ``θ`` steps on ``λ L_val + (1−λ) mean sg(p_i) l_i(θ)``
+    and the signal is ``l_i(θ)``.
 
     Resumes from the newest checkpoint under ``checkpoint_dir`` (one per round).
     """
@@ -121,12 +139,15 @@ def learn_weights(
         raise WinnowError("the validation set is empty")
     lite = config.method == "lite"
     roles: tuple[Which, ...] = ("upper",) if lite else ("upper", "lower")
+    natural = config.omega_update == "natural"
     omega = torch.zeros(n, requires_grad=True)
+    score_avg = torch.zeros(n)  # natural: running mean of the robust score
     opt_omega = (torch.optim.Adam if config.omega_optimizer == "adam" else torch.optim.SGD)([omega], lr=config.omega_lr)
     make = (lambda ps: torch.optim.SGD(ps, lr=config.model_lr)) if config.model_optimizer == "sgd" else (
         lambda ps: torch.optim.Adam(ps, lr=config.model_lr))
     opts = {w: make(model.params(w)) for w in roles}
     result = BDSResult(torch.ones(n), omega.detach().clone(), torch.zeros(n), torch.zeros(n))
+    resync = config.resync and not lite
 
     # --- resume -----------------------------------------------------------------------------
     start = 0
@@ -135,6 +156,7 @@ def learn_weights(
         tensors, states, meta = load_checkpoint(ckpt)
         with torch.no_grad():
             omega.copy_(tensors["omega"])
+            score_avg.copy_(tensors["score_avg"])
             for w in roles:
                 for i, p in enumerate(model.params(w)):
                     p.copy_(tensors[f"{w}.{i}"])
@@ -154,6 +176,8 @@ def learn_weights(
     for r in range(start, config.rounds):
         gamma, lam = config.gamma_at(r), config.lambda_at(r)
         # --- model steps ----------------------------------------------------------------------
+        if resync:
+            _sync_upper(model, opts)  # the gap then measures only this round's validation pull
         val_loss = math.nan
         for _ in range(config.steps_per_round):
             _, idx = next(pool_batches)
@@ -173,17 +197,15 @@ def learn_weights(
         scores = score_pool(model, pool, config.batch_size, roles)
         _check_finite(scores)
         signal = scores["upper"] if lite else gamma * (scores["upper"] - scores["lower"])
-        opt_omega.zero_grad(set_to_none=True)
-        if config.omega_update == "natural":
-            # mirror descent on the weights: every example moves by its own standardised
-            # signal, so a down-weighted example can recover and noise averages out over rounds
-            z = (signal - signal.mean()) / signal.std().clamp_min(1e-12)
-            omega.grad = z + config.tau * omega.detach()
+        if natural:
+            loss_scale = float(scores["upper"].abs().mean()) if lite else gamma * float(scores["lower"].abs().mean())
+            z = robust_score(signal, config.gain_cap, floor=RESOLUTION * loss_scale)
+            # bias-corrected EMA: round 1 takes its score whole, later rounds average noise out
+            rate = config.omega_lr / (1 - (1 - config.omega_lr) ** (r + 1))
+            score_avg += rate * (z - score_avg)
+            _set_closed_form(omega, score_avg, config)
         else:
-            p_all = weights_from_logits(omega, config.weight_map)
-            obj = (p_all * signal).mean() + (config.tau * entropy_term(p_all) if config.tau else 0.0)
-            obj.backward()
-        opt_omega.step()
+            _gradient_step(omega, opt_omega, signal, config)
         # --- record ---------------------------------------------------------------------------
         p_now = weights_from_logits(omega.detach(), config.weight_map)
         gap = float((scores["upper"] - scores["lower"]).mean()) if not lite else 0.0
@@ -197,7 +219,7 @@ def learn_weights(
         if on_round is not None:
             on_round(r + 1, row)
         if checkpoint_dir is not None:
-            tensors = {"omega": omega.detach()}
+            tensors = {"omega": omega.detach(), "score_avg": score_avg}
             for w in roles:
                 tensors.update({f"{w}.{i}": p.detach() for i, p in enumerate(model.params(w))})
             states = {"omega_opt": opt_omega.state_dict(), **{f"{w}_opt": opts[w].state_dict() for w in roles}}
@@ -206,10 +228,36 @@ def learn_weights(
     bar.close()
     result.logits = omega.detach().clone()
     result.weights = weights_from_logits(result.logits, config.weight_map)
+    result.scores = score_avg.clone() if natural else torch.zeros(0)
     if result.history and result.history[-1]["ess"] < 0.1:
         log.warning("weights collapsed onto a few examples (effective sample size %.1f%% of the pool); "
-                    "consider tau > 0 or a smaller omega_lr", 100 * result.history[-1]["ess"])
+                    "consider a larger tau, a smaller gain_cap or omega_lr", 100 * result.history[-1]["ess"])
     return result
+
+
+@torch.no_grad()
+def _sync_upper(model: PairedModel, opts: dict[str, torch.optim.Optimizer]) -> None:
+    """``θ := φ``, optimizer state included (Adam's moments would otherwise make the gap)."""
+    for up, lo in zip(model.params("upper"), model.params("lower"), strict=True):
+        up.copy_(lo)
+    opts["upper"].load_state_dict(copy.deepcopy(opts["lower"].state_dict()))
+
+
+@torch.no_grad()
+def _set_closed_form(omega: torch.Tensor, score: torch.Tensor, config: WeighConfig) -> None:
+    """``ω = −score/τ``; softmax: the minimiser of ``Σ q_i score_i + τ Σ q log q`` (logits centred),
+    sigmoid: ``p = 2σ(−score/τ)``, 1 at the median score."""
+    logits = -score / config.tau
+    omega.copy_(logits - logits.mean() if config.weight_map == "softmax" else logits)
+
+
+def _gradient_step(omega: torch.Tensor, opt: torch.optim.Optimizer, signal: torch.Tensor, config: WeighConfig) -> None:
+    """One optimizer step on ``mean p(ω)·signal + τ Σ q log q`` through the weight map."""
+    opt.zero_grad(set_to_none=True)
+    p_all = weights_from_logits(omega, config.weight_map)
+    obj = (p_all * signal).mean() + (config.tau * entropy_term(p_all) if config.tau else 0.0)
+    obj.backward()
+    opt.step()
 
 
 def _sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:

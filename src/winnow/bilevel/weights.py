@@ -1,8 +1,11 @@
-"""Weight maps from per-example logits ``ω`` to weights ``p`` (pure).
+"""Weight maps from per-example logits ``ω`` to weights ``p``, and the score they follow (pure).
 
 ``softmax``: ``p = N·softmax(ω)`` — mean weight 1, weights compete for a fixed mass.
 ``sigmoid``: ``p = 2·sigmoid(ω)`` — each weight in (0, 2), independent of the others.
 Both give ``p = 1`` at ``ω = 0``.
+
+``robust_score`` standardises a per-example signal (the BDS gap) by its median and median
+absolute deviation, so the weights ``exp(−score/τ)`` do not depend on the loss scale.
 """
 
 from __future__ import annotations
@@ -44,6 +47,29 @@ def logits_from_weights(p: torch.Tensor, kind: WeightMap = "softmax") -> torch.T
         q = (p / 2).clamp(1e-6, 1 - 1e-6)
         return torch.log(q) - torch.log1p(-q)
     raise ValueError(f"unknown weight map {kind!r}")
+
+
+MAD_TO_SD = 1.4826
+"""Median absolute deviation × this = standard deviation, for normal data."""
+
+
+def robust_score(signal: torch.Tensor, gain_cap: float, floor: float = 0.0) -> torch.Tensor:
+    """How many robust standard deviations each signal lies above the median: ``(N,)``.
+
+    ``z = (s − median s) / max(1.4826·MAD(s), floor)``; the gain side (``z < 0``) is squashed
+    to ``gain_cap·tanh(z / gain_cap)`` (monotone, so the order is kept), which bounds how far
+    an example can be up-weighted while down-weighting stays unbounded. ``floor`` keeps a
+    round whose spread is only rounding noise from being blown up. ``gain_cap = 0``: no gain.
+
+    >>> [round(v, 2) for v in robust_score(torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0]), 1.0).tolist()]
+    [-0.87, -0.59, 0.0, 0.67, 66.1]
+    """
+    med = signal.median()
+    scale = max(MAD_TO_SD * float((signal - med).abs().median()), floor, 1e-30)
+    z = (signal - med) / scale
+    if gain_cap <= 0:
+        return z.clamp_min(0.0)
+    return torch.where(z < 0, gain_cap * torch.tanh(z / gain_cap), z)
 
 
 def entropy_term(p: torch.Tensor) -> torch.Tensor:
