@@ -14,7 +14,7 @@ import torch
 
 from winnow.config import WeighConfig
 from winnow.data import collate
-from winnow.data.formatting import EncodedSet
+from winnow.data.formatting import EncodedSet, first_targets
 from winnow.step import dataset_losses, flat_batches, to_device, weighted_step
 
 
@@ -30,7 +30,8 @@ def baseline_scores(
         return torch.rand(n, generator=torch.Generator().manual_seed(config.seed))
     if method == "length":
         return torch.tensor([float(e.n_targets) for e in pool.items])
-    losses = lambda m: dataset_losses(m, pool, pad_id=pad_id, batch_size=config.batch_size, device=device)  # noqa: E731
+    scored = first_targets(pool, config.score_tokens) if config.score_tokens else pool
+    losses = lambda m: dataset_losses(m, scored, pad_id=pad_id, batch_size=config.batch_size, device=device)  # noqa: E731
     if method == "base_loss":
         return -losses(model)
     if method == "val_gain":

@@ -172,3 +172,21 @@ def _adds_bos(tokenizer: Any) -> bool:
     """Whether the tokenizer itself prepends BOS (templates then usually omit it)."""
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+def first_targets(data: EncodedSet, k: int) -> EncodedSet:
+    """A copy whose labels keep only each example's first ``k`` target tokens.
+
+    >>> s = first_targets(EncodedSet([Encoded([1, 2, 3, 4], [IGNORE_INDEX, 2, 3, 4])], [0]), 2)
+    >>> s.items[0].labels
+    [-100, 2, 3, -100]
+    """
+    items = []
+    for e in data.items:
+        labels, seen = [], 0
+        for t in e.labels:
+            keep = t != IGNORE_INDEX and seen < k
+            seen += t != IGNORE_INDEX
+            labels.append(t if keep else IGNORE_INDEX)
+        items.append(Encoded(e.input_ids, labels, e.cut))
+    return EncodedSet(items, list(data.index), list(data.dropped), list(data.truncated))
