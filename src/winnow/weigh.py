@@ -16,6 +16,7 @@ import torch
 from winnow import models
 from winnow.baselines import baseline_scores
 from winnow.bilevel import TwoCopies, learn_weights
+from winnow.bilevel.bds import NonFiniteLoss
 from winnow.config import BASELINES, WeighConfig
 from winnow.data import Example, collate
 from winnow.data.formatting import EncodedSet
@@ -112,11 +113,16 @@ def weigh(
 
     # --- learn ------------------------------------------------------------------------------
     paired = TwoAdapters(model) if use_lora else TwoCopies(model, batch_losses)
-    result = learn_weights(
-        paired, EncodedData(pool_enc, pad, device), EncodedData(val_enc, pad, device), config,
-        checkpoint_dir=out / "checkpoints", progress=progress,
-        on_round=lambda r, row: append_jsonl(out / "metrics.jsonl", row),
-    )
+    try:
+        result = learn_weights(
+            paired, EncodedData(pool_enc, pad, device), EncodedData(val_enc, pad, device), config,
+            checkpoint_dir=out / "checkpoints", progress=progress,
+            on_round=lambda r, row: append_jsonl(out / "metrics.jsonl", row),
+        )
+    except NonFiniteLoss as e:  # name the examples by id, never by row position
+        bad = [ids[j] for j in e.positions]
+        raise WinnowError(f"non-finite {e.which} losses for example ids {bad[:10]} ({len(bad)} in all); "
+                          "lower model_lr (the run can be resumed)") from None
 
     # --- write ------------------------------------------------------------------------------
     extra = {"logit": result.logits, "upper_loss": result.upper_losses, "lower_loss": result.lower_losses}

@@ -75,3 +75,13 @@ def test_weigh_and_select_bad_input(tmp_path, pool_val, capsys):
     assert main(["select", "--weights", str(w), "--pool", str(pool), "--top", "0.5", "--out", str(tmp_path / "c")]) == 2
     assert "40 of 40 examples have no score" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_non_finite_losses_name_the_example_ids(tmp_path, pool_val, capsys):
+    pool, val = pool_val
+    # a learning rate this large blows the tiny model up within the first round
+    code = main(["weigh", "--pool", str(pool), "--val", str(val), "--model", "tiny", "--out", str(tmp_path / "w"),
+                 "--model-lr", "1e6", "--rounds", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite" in err and "example ids ['p" in err
+    assert not (tmp_path / "w" / "weights.jsonl").exists()

@@ -266,9 +266,17 @@ def _sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.step()
 
 
+class NonFiniteLoss(WinnowError):
+    """Some pool examples got NaN or infinite losses; ``positions`` says which (pool order)."""
+
+    def __init__(self, which: str, positions: list[int]) -> None:
+        self.which, self.positions = which, positions
+        super().__init__(f"non-finite {which} losses for pool positions {positions[:10]} "
+                         f"({len(positions)} in all); lower the learning rate")
+
+
 def _check_finite(scores: dict[str, torch.Tensor]) -> None:
     for name, s in scores.items():
         bad = (~torch.isfinite(s)).nonzero().flatten().tolist()
         if bad:
-            raise WinnowError(f"non-finite {name} losses for pool positions {bad[:10]} "
-                              f"({len(bad)} in all); lower the learning rate")
+            raise NonFiniteLoss(name, bad)
