@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from winnow import models
+from winnow import models, smollm2
 from winnow.errors import WinnowError
 from winnow.models import (
     BUILTIN_MODELS,
@@ -266,38 +266,38 @@ def fake_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     gguf = tmp_path / "fake.gguf"
     gguf.write_bytes(b"not really a gguf" * 1000)
     monkeypatch.setenv("WINNOW_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_gguf_path", lambda: gguf)
-    monkeypatch.setattr(models, "_model_from_gguf", lambda path: build_tiny(TEXTS, **SMALL))
+    monkeypatch.setattr(smollm2, "_gguf_path", lambda: gguf)
+    monkeypatch.setattr(smollm2, "_model_from_gguf", lambda path: build_tiny(TEXTS, **SMALL))
     return gguf
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("WINNOW_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_dir() == tmp_path / "xdg" / "winnow"
+    assert smollm2.cache_dir() == tmp_path / "xdg" / "winnow"
     monkeypatch.setenv("WINNOW_CACHE", str(tmp_path / "mine"))
-    assert models.cache_dir() == tmp_path / "mine"
+    assert smollm2.cache_dir() == tmp_path / "mine"
     monkeypatch.delenv("WINNOW_CACHE")
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert models.cache_dir() == Path.home() / ".cache" / "winnow"
+    assert smollm2.cache_dir() == Path.home() / ".cache" / "winnow"
 
 
 def test_cache_built_once_and_keyed_by_hash(fake_gguf: Path, monkeypatch) -> None:
-    path = models.smollm2_path()
+    path = smollm2.smollm2_path()
     digest = hashlib.sha256(fake_gguf.read_bytes()).hexdigest()[:16]
     assert path.name == f"smollm2-135m-{digest}"
     assert [p.name for p in path.parent.iterdir()] == [path.name]
-    monkeypatch.setattr(models, "_model_from_gguf", _fail)  # a second call must not rebuild
-    assert models.smollm2_path() == path
+    monkeypatch.setattr(smollm2, "_model_from_gguf", _fail)  # a second call must not rebuild
+    assert smollm2.smollm2_path() == path
     model, tokenizer = load_model("smollm2-135m", device=torch.device("cpu"))
     assert tokenizer.eos_token == "<|im_end|>"
 
 
 def test_failed_build_leaves_nothing(fake_gguf: Path, monkeypatch) -> None:
-    monkeypatch.setattr(models, "_model_from_gguf", _fail)
+    monkeypatch.setattr(smollm2, "_model_from_gguf", _fail)
     with pytest.raises(RuntimeError, match="killed"):
-        models.smollm2_path()
-    assert list(models.cache_dir().iterdir()) == []
+        smollm2.smollm2_path()
+    assert list(smollm2.cache_dir().iterdir()) == []
 
 
 def test_concurrent_builder_wins(fake_gguf: Path, monkeypatch) -> None:
@@ -305,14 +305,14 @@ def test_concurrent_builder_wins(fake_gguf: Path, monkeypatch) -> None:
 
     def build_while_other_finishes(path: Path):
         result = build_tiny(TEXTS, **SMALL)
-        target = next(models.cache_dir().glob(".smollm2-135m-*.build-*")).name
-        other = models.cache_dir() / target.split(".build-")[0].lstrip(".")
+        target = next(smollm2.cache_dir().glob(".smollm2-135m-*.build-*")).name
+        other = smollm2.cache_dir() / target.split(".build-")[0].lstrip(".")
         other.mkdir()
         (other / "config.json").write_text("{}")
         return result
 
-    monkeypatch.setattr(models, "_model_from_gguf", build_while_other_finishes)
-    path = models.smollm2_path()
+    monkeypatch.setattr(smollm2, "_model_from_gguf", build_while_other_finishes)
+    path = smollm2.smollm2_path()
     assert (path / "config.json").read_text() == "{}"  # the other builder's copy is kept
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
