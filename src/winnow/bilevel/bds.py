@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,7 @@ def learn_weights(
     val_batches = flat_batches(val.lengths, config.val_batch_size, seed=config.seed + 1, group_by_length=False,
                                start=start * config.steps_per_round)
     bar = tqdm(total=config.rounds, initial=start, disable=not progress, desc="weigh", unit="round")
+    t_round = time.perf_counter()
     for r in range(start, config.rounds):
         gamma, lam = config.gamma_at(r), config.lambda_at(r)
         # --- model steps ----------------------------------------------------------------------
@@ -209,7 +211,9 @@ def learn_weights(
         # --- record ---------------------------------------------------------------------------
         p_now = weights_from_logits(omega.detach(), config.weight_map)
         gap = float((scores["upper"] - scores["lower"]).mean()) if not lite else 0.0
-        row = {"round": r + 1, "gamma": gamma, "val_loss": val_loss, "gap": gap, **weight_stats(p_now)}
+        row = {"round": r + 1, "gamma": gamma, "val_loss": val_loss, "gap": gap, **weight_stats(p_now),
+               "round_s": time.perf_counter() - t_round}
+        t_round = time.perf_counter()
         result.history.append(row)
         result.snapshots.append([round(float(x), 5) for x in p_now])
         result.upper_losses = scores["upper"]
