@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from winnow import models, smollm2
+from winnow import smollm2
 from winnow.errors import WinnowError
 from winnow.models import (
     BUILTIN_MODELS,
