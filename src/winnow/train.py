@@ -64,7 +64,7 @@ def finetune(
     """
     out = Path(out)
     if is_done(out):
-        done = read_jsonl(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+        done = _metrics(out)
         log.info("%s is already complete; nothing to do", out)
         last = next((r for r in reversed(done) if "val_loss" in r), {})
         return TrainResult(out, int(done[-1]["step"]) if done else 0, None, last.get("val_loss"))
@@ -163,7 +163,8 @@ def finetune(
 
 
 def _bf16() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """bf16 autocast exactly where ``models.default_dtype`` would load in bf16."""
+    return models.default_dtype(models.default_device()) == torch.bfloat16
 
 
 def _metrics(out: Path) -> list[dict[str, Any]]:
