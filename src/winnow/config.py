@@ -230,3 +230,82 @@ class WeighConfig(ModelOptions):
     def lambda_at(self, round_: int) -> float:
         """``lite``: the validation share of a round, decaying linearly to 0."""
         return self.lite_lambda * (1 - round_ / max(1, self.rounds))
+
+
+@dataclasses.dataclass
+class RefineConfig(ModelOptions):
+    """Online self-refining generation with closed-form BMO weights (DESIGN §1.3–1.4)."""
+
+    keep_top: float = 0.8
+    """Share of the pool (by weight rank) whose pairs are kept; the questions of the rest are refined."""
+    kept_share: float = 0.0
+    """Share of the kept questions refined too (chosen at random), for question diversity."""
+    rounds: int = 2
+    """Rounds: generate for the chosen questions, then ``steps_per_round`` training steps."""
+    samples_per_question: int = 2
+    """Responses generated per question (``G``)."""
+    temperature: float = 0.8
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 64
+    """Longest generated response; one that hits it is recorded as cut and not trained on."""
+    steps_per_round: int = 8
+    """Training steps of ``θ`` and ``φ`` per round."""
+    regenerate_every: int = 0
+    """Regenerate every N steps within a round (0: once per round)."""
+    batch_size: int = 8
+    """Offline (kept) pairs per step."""
+    online_batch_size: int = 8
+    """Regenerated responses per step."""
+    val_batch_size: int = 8
+    """Validation pairs per step (cycled independently)."""
+    model_lr: float = 2e-4
+    """Adam learning rate of both models."""
+    gamma: float = 1.0
+    """Penalty ``γ``: ``θ`` steps on ``L_val + γ·(weighted pool loss)``."""
+    bmo_tau: float = 1.0
+    """BMO temperature ``τ``."""
+    bmo_scope: str = "question"
+    """BMO normalisation: ``question`` (mean 1 over each question's responses) or ``batch``."""
+    bmo_reduction: str = "sum"
+    """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
+    importance_clip: float = 10.0
+    """Clip ``c`` of the per-token stale-sample correction ``min(π_θ/π_sampler, c)`` (0: no correction)."""
+    seed: int = 0
+    """Seed of sampling and data order."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.keep_top <= 1 and 0 <= self.kept_share <= 1, "keep_top in (0, 1], kept_share in [0, 1]")
+        _check(self.rounds > 0 and self.samples_per_question > 0, "rounds and samples_per_question must be > 0")
+        _check(self.temperature >= 0 and 0 < self.top_p <= 1, "temperature >= 0, top_p in (0, 1]")
+        _check(self.max_new_tokens > 0 and self.steps_per_round > 0, "max_new_tokens, steps_per_round must be > 0")
+        _check(self.regenerate_every >= 0, "regenerate_every must be >= 0")
+        _check(min(self.batch_size, self.online_batch_size, self.val_batch_size) > 0, "batch sizes must be > 0")
+        _check(self.model_lr > 0 and self.gamma > 0 and self.bmo_tau > 0, "model_lr, gamma, bmo_tau must be > 0")
+        _check(self.bmo_scope in ("question", "batch"), "bmo_scope must be 'question' or 'batch'")
+        _check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
+        _check(self.importance_clip >= 0, "importance_clip must be >= 0")
+
+
+@dataclasses.dataclass
+class EvalConfig(ModelOptions):
+    """Evaluation of a fine-tuned model on a task's test set."""
+
+    max_new_tokens: int = 48
+    """Greedy tokens generated per test prompt (a refusal shows in the first sentence)."""
+    batch_size: int = 16
+    """Prompts per generation batch, and pairs per loss batch."""
+    limit: int | None = None
+    """Evaluate on at most this many harmful and this many benign test prompts (``None``: all)."""
+    keep_top: float = 0.8
+    """Selection quality: the share kept when computing precision/recall of the rejected part."""
+    seed: int = 0
+    """Seed of the subsample when ``limit`` is set."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.max_new_tokens > 0 and self.batch_size > 0, "max_new_tokens and batch_size must be > 0")
+        _check(self.limit is None or self.limit > 0, "limit must be > 0")
+        _check(0 < self.keep_top <= 1, "keep_top must be in (0, 1]")
