@@ -83,6 +83,51 @@ def per_example_nll_from_hidden(
     return total / mask.sum(dim=1).clamp(min=1)
 
 
+def token_logprobs_from_hidden(
+    hidden: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logprobs(head(hidden), labels)``, projecting only target positions.
+
+    Returns:
+        ``(B, T-1)`` log-probs (0 off-target) and the ``(B, T-1)`` boolean target mask.
+    """
+    lb = labels[:, 1:]  # (B, T-1): the same shift as ``shift``
+    mask = lb != IGNORE_INDEX
+    nll = F.cross_entropy(head(hidden[:, :-1][mask]).float(), lb[mask], reduction="none")  # (n,)
+    logp = torch.zeros(lb.shape, dtype=nll.dtype, device=nll.device).index_put(mask.nonzero(as_tuple=True), -nll)
+    return logp, mask
+
+
+def sequence_nll(
+    logp: torch.Tensor, mask: torch.Tensor, reduction: Reduction = "mean", token_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example NLL ``(B,)`` from token log-probs ``(B, T-1)``, each token optionally weighted.
+
+    >>> sequence_nll(torch.tensor([[-1.0, -3.0, 0.0]]), torch.tensor([[True, True, False]])).tolist()
+    [2.0]
+    """
+    lp = logp if token_weights is None else logp * token_weights
+    total = -(lp * mask).sum(dim=1)  # (B,)
+    if reduction == "sum":
+        return total
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+def clipped_ratio(logp_now: torch.Tensor, logp_sampler: torch.Tensor, clip: float) -> torch.Tensor:
+    """Stop-gradient importance ratio ``min(π_now/π_sampler, clip)`` per token, for stale samples.
+
+    Both inputs are ``(B, T-1)`` and aligned by ``shift`` (position ``t`` scores token ``t+1``).
+    Positions where the sampler's log-prob is unknown (NaN: off-target, or a token the sampler
+    did not produce) get ratio 1.
+
+    >>> r = clipped_ratio(torch.tensor([[0.0, -1.0, 0.0]]), torch.tensor([[-1.0, 0.0, float("nan")]]), 2.0)
+    >>> [round(v, 4) for v in r[0].tolist()]
+    [2.0, 0.3679, 1.0]
+    """
+    ratio = torch.exp(logp_now.detach() - torch.nan_to_num(logp_sampler, nan=0.0)).clamp(max=clip)
+    return torch.where(torch.isnan(logp_sampler), torch.ones_like(ratio), ratio)
+
+
 def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``(1/B) Σ w_i l_i``: with mean-one weights this is on the scale of the plain mean.
 

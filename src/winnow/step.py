@@ -17,7 +17,13 @@ import torch
 
 from winnow.data.batching import collate, epoch_batches
 from winnow.data.formatting import EncodedSet
-from winnow.losses import Reduction, per_example_nll, per_example_nll_from_hidden
+from winnow.losses import (
+    Reduction,
+    per_example_nll,
+    per_example_nll_from_hidden,
+    token_logprobs,
+    token_logprobs_from_hidden,
+)
 
 Batch = dict[str, torch.Tensor]
 
@@ -47,6 +53,18 @@ def batch_losses(model: torch.nn.Module, batch: Batch, reduction: Reduction = "m
     hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       use_cache=False).last_hidden_state  # (B, T, H)
     return per_example_nll_from_hidden(hidden, head, batch["labels"], reduction)  # (B,)
+
+
+def batch_token_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of every target token ``(B, T-1)`` (0 off-target) and the target mask ``(B, T-1)``."""
+    split = _backbone_and_head(model)
+    if split is None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return token_logprobs(out.logits, batch["labels"])
+    backbone, head = split
+    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      use_cache=False).last_hidden_state  # (B, T, H)
+    return token_logprobs_from_hidden(hidden, head, batch["labels"])
 
 
 def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:

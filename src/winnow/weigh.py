@@ -9,13 +9,12 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from winnow import models
 from winnow.baselines import baseline_scores
-from winnow.bilevel import TwoCopies, learn_weights
+from winnow.bilevel import learn_weights
 from winnow.bilevel.bds import NonFiniteLoss
 from winnow.config import BASELINES, WeighConfig
 from winnow.data import Example, collate
@@ -23,13 +22,11 @@ from winnow.data.formatting import EncodedSet
 from winnow.errors import WinnowError
 from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
 from winnow.manifest import DONE, is_done, run_info
+from winnow.paired import ROLES, make_pair
 from winnow.prepare import encode_for_training, prepare_model
-from winnow.step import batch_losses, to_device
+from winnow.step import to_device
 
 log = logging.getLogger(__name__)
-
-ADAPTERS = ("upper", "lower")
-
 
 class EncodedData:
     """``Indexed`` over encoded examples: ``batch(index)`` collates them onto the device."""
@@ -40,29 +37,6 @@ class EncodedData:
 
     def batch(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
         return to_device(collate([self.enc.items[i] for i in index], list(index), self.pad_id), self.device)
-
-
-class TwoAdapters:
-    """``PairedModel`` over two LoRA adapters on one frozen base (one copy of the base in memory).
-
-    The lower adapter starts as an exact copy of the upper one, so ``θ`` and ``φ`` start from
-    the same point and their gap measures only what the two objectives did differently.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self._params = {w: {n: p for n, p in model.named_parameters() if f".{w}." in n} for w in ADAPTERS}
-        with torch.no_grad():
-            for name, p in self._params["upper"].items():
-                self._params["lower"][name.replace(".upper.", ".lower.")].copy_(p)
-
-    def losses(self, which: str, batch: Any) -> torch.Tensor:
-        if self.model.active_adapter != which:
-            models.use_adapter(self.model, which)
-        return batch_losses(self.model, batch)
-
-    def params(self, which: str) -> list[torch.nn.Parameter]:
-        return list(self._params[which].values())
 
 
 def weigh(
@@ -92,7 +66,7 @@ def weigh(
 
     # --- model and data ---------------------------------------------------------------------
     texts = [m["content"] for ex in [*pool, *val] for m in ex.messages]
-    model, tokenizer, use_lora = prepare_model(config, texts, seed=config.seed, adapters=ADAPTERS)
+    model, tokenizer, use_lora = prepare_model(config, texts, seed=config.seed, adapters=ROLES)
     device = models.default_device()
     model.to(device).eval()  # no dropout: the gap must come from the objectives, not from noise
     pool_enc = encode_for_training(tokenizer, pool, config)
@@ -112,7 +86,7 @@ def weigh(
         return weights
 
     # --- learn ------------------------------------------------------------------------------
-    paired = TwoAdapters(model) if use_lora else TwoCopies(model, batch_losses)
+    paired = make_pair(model, use_lora)
     try:
         result = learn_weights(
             paired, EncodedData(pool_enc, pad, device), EncodedData(val_enc, pad, device), config,
@@ -131,13 +105,8 @@ def weigh(
     diag = {**(result.history[-1] if result.history else {}), "dropped": pool_enc.dropped,
             "collapsed": bool(result.history and result.history[-1]["ess"] < 0.1)}
     write_json(out / "diagnostics.json", diag)
-    upper = paired.model if use_lora else paired.models["upper"]
     with atomic_dir(out / "upper") as tmp:
-        if use_lora:
-            models.use_adapter(upper, "upper")
-            upper.save_pretrained(tmp, selected_adapters=["upper"])
-        else:
-            upper.save_pretrained(tmp)
+        paired.save_upper(tmp)
         tokenizer.save_pretrained(tmp)
     write_json(out / DONE, {**run_info("weigh", config), "pool": len(pool), "scored": len(ids)})
     shutil.rmtree(out / "checkpoints", ignore_errors=True)

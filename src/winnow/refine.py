@@ -1,0 +1,415 @@
+"""Online self-refining generation with closed-form BMO weights (DESIGN §1.3–1.4).
+
+Run: ``winnow refine --pool pool.jsonl --val val.jsonl --weights runs/weigh/weights.jsonl
+--model smollm2-135m --out runs/refine --rounds 2 --samples-per-question 4``.
+
+BDS drops a bad pair whole; here its question stays and the model answers it again. Each round
+generates ``G`` responses per chosen question with the upper model ``θ``, then trains ``θ`` and
+``φ`` as in BDS on the kept pairs (weights ``p``) plus the regenerated ones, weighted by BMO
+``λ = softmax(−(l(θ) − l(φ))/τ)`` computed from the losses the step computes anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from winnow import models
+from winnow.bilevel import bmo_weights, scope_groups
+from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from winnow.config import RefineConfig, save_yaml
+from winnow.data import Example, collate
+from winnow.data.formatting import Encoded
+from winnow.data.writers import write_examples
+from winnow.errors import WinnowError
+from winnow.generation.base import Generator, SamplingParams
+from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
+from winnow.losses import IGNORE_INDEX, clipped_ratio, sequence_nll
+from winnow.manifest import DONE, is_done, run_info
+from winnow.paired import ROLES, Paired, TwoAdapters, autocast_for, make_pair
+from winnow.prepare import encode_for_training, prepare_model
+from winnow.step import batch_token_logprobs, flat_batches, to_device
+
+log = logging.getLogger(__name__)
+
+Judge = Callable[[str, str], bool]
+"""``judge(response, prompt) -> True`` when the response is a refusal (e.g. ``winnow.judge.is_refusal``)."""
+
+
+@dataclass
+class RefineResult:
+    """The refined data set and what each round did."""
+
+    examples: list[Example]
+    """Kept original pairs (weight ``p``) plus the last round's regenerated pairs (weight ``λ``)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out: Path | None = None
+
+
+def choose_questions(
+    pool: Sequence[Example], weights: Mapping[str, float], keep_top: float, kept_share: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Split the pool by weight rank into kept pairs and the questions to refine.
+
+    The bottom ``1 − keep_top`` (ties broken by id) are refined; ``kept_share`` of the kept ones
+    are refined too (their pairs stay in the kept set).
+
+    >>> exs = [Example.from_pair(f"q{i}", "a", id=str(i)) for i in range(4)]
+    >>> kept, ask = choose_questions(exs, {"0": 2.0, "1": 0.1, "2": 1.0, "3": 1.5}, 0.5, 0.0, 0)
+    >>> [e.id for e in kept], [e.id for e in ask]
+    (['0', '3'], ['2', '1'])
+    """
+    missing = [ex.id for ex in pool if ex.id not in weights]
+    if missing:
+        raise WinnowError(f"{len(missing)} pool examples have no weight (first: {missing[:3]}); "
+                          "were the weights computed for another pool?")
+    order = sorted(pool, key=lambda ex: (-float(weights[ex.id]), ex.id))
+    n_keep = round(keep_top * len(order))
+    kept, ask = order[:n_keep], order[n_keep:]
+    extra = random.Random(seed).sample(kept, round(kept_share * len(kept))) if kept_share else []
+    return kept, ask + extra
+
+
+def generate_round(
+    generator: Generator, questions: Sequence[Example], config: RefineConfig, round_: int
+) -> tuple[list[Example], list[dict[str, Any]]]:
+    """``G`` responses per question; returns the trainable ones and a row for every one skipped.
+
+    A response is trained on only when the model ended it itself: cut at ``max_new_tokens``,
+    empty, or a prompt too long for the context are recorded with the reason instead.
+    """
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            top_p=config.top_p, n=config.samples_per_question, seed=config.seed + 1000 * round_)
+    outs = generator.generate([q.prompt_messages for q in questions], params)
+    good, skipped = [], []
+    for q, completions in zip(questions, outs, strict=True):
+        for k, c in enumerate(completions):
+            meta = {"round": round_ + 1, "sample": k, "finish_reason": c.finish_reason}
+            if c.finish_reason != "stop" or not c.text.strip():
+                skipped.append({"parent_id": q.id, **meta, "reason": _why(c.finish_reason)})
+                continue
+            ex = q.with_response(c.text, source="regenerated", weight=1.0, metadata=meta)
+            good.append(replace(ex, id=f"{ex.id}-r{round_ + 1}s{k}"))
+            good[-1].metadata["_sampler"] = (list(c.token_ids), list(c.logprobs))
+    return good, skipped
+
+
+def _why(reason: str) -> str:
+    return {"length": "hit max_new_tokens", "empty": "empty response", "too_long": "prompt longer than the context",
+            "stop": "empty response"}.get(reason, reason)
+
+
+def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
+    """The sampler's log-prob of each target token of ``enc`` (NaN where unknown).
+
+    Re-encoding the text need not give back the generated tokens; where the target tokens
+    start with exactly the generated ones their log-probs are used, else the example gets
+    no correction (all NaN).
+
+    >>> e = Encoded([1, 5, 6, 7], [IGNORE_INDEX, 5, 6, 7])
+    >>> sampler_logprobs(e, [5, 6], [-0.5, -0.25])
+    [-0.5, -0.25, nan]
+    """
+    targets = [t for t in enc.labels if t != IGNORE_INDEX]
+    n = len(token_ids)
+    if n and targets[:n] == list(token_ids):
+        return list(logprobs) + [math.nan] * (len(targets) - n)
+    return [math.nan] * len(targets)
+
+
+def _batch_sampler(items: Sequence[Encoded], lps: Sequence[list[float]], device: torch.device) -> torch.Tensor:
+    """Sampler log-probs scattered onto the shifted target positions: ``(B, T-1)``, NaN elsewhere."""
+    width = max(len(e) for e in items)
+    out = torch.full((len(items), width - 1), math.nan)
+    for b, (e, lp) in enumerate(zip(items, lps, strict=True)):
+        pos = [t - 1 for t, lab in enumerate(e.labels) if lab != IGNORE_INDEX]
+        out[b, pos] = torch.tensor(lp, dtype=out.dtype)
+    return out.to(device)
+
+
+def refine(
+    pool: Sequence[Example],
+    val: Sequence[Example],
+    weights: Mapping[str, float],
+    config: RefineConfig,
+    out: str | Path,
+    *,
+    start: str | Path | None = None,
+    generator_for: Callable[[Any, Any], Generator] | None = None,
+    judge: Judge | None = None,
+    progress: bool = True,
+) -> RefineResult:
+    """Refine the questions of the pool's low-weighted pairs and write the refined data set.
+
+    Args:
+        pool, val: the pool that was weighed and the trusted validation set.
+        weights: BDS weight per pool id (``weights.jsonl`` of ``winnow weigh``).
+        start: the weighing stage's saved upper model (``weigh/upper``); both ``θ`` and ``φ``
+            start there. ``None``: start from the base model.
+        generator_for: builds a generator from ``(upper model, tokenizer)``; default: the
+            Hugging Face backend.
+        judge: refusal judge for the per-round share of refusals among regenerated responses.
+
+    Writes ``refined.jsonl``, ``metrics.jsonl`` (one row per round), ``rounds/round-<k>.jsonl``
+    (every response generated, with its final weight) and ``skipped.jsonl``, ``upper/`` and
+    ``done.json`` last. Re-running resumes from the last finished round.
+    """
+    out = Path(out)
+    if is_done(out):
+        from winnow.data import read_examples
+
+        return RefineResult(read_examples(out / "refined.jsonl"), read_jsonl(out / "metrics.jsonl"), out)
+    if not val:
+        raise WinnowError("the validation set is empty")
+    kept, questions = choose_questions(pool, weights, config.keep_top, config.kept_share, config.seed)
+    if not questions:
+        raise WinnowError(f"no question to refine: keep_top {config.keep_top} keeps the whole pool")
+    if not kept:
+        raise WinnowError("keep_top keeps no pair; refine needs offline pairs to train on")
+
+    # --- model and data ---------------------------------------------------------------------
+    texts = [m["content"] for ex in [*pool, *val] for m in ex.messages]
+    full_start = start is not None and (Path(start) / "config.json").exists()  # a whole model, not an adapter
+    options = replace(config, model=str(start)) if full_start else config
+    model, tokenizer, use_lora = prepare_model(options, texts, seed=config.seed, adapters=ROLES)
+    device = models.default_device()
+    model.to(device).eval()  # no dropout: θ and φ must differ only by what they were trained on
+    pair = make_pair(model, use_lora)
+    if start is not None and not full_start:
+        if not isinstance(pair, TwoAdapters):
+            raise WinnowError(f"{start} holds a LoRA adapter but the model was loaded without LoRA")
+        pair.init_from(Path(start))
+    mean_p = sum(float(weights[ex.id]) for ex in kept) / len(kept)
+    kept_w = [replace(ex, weight=float(weights[ex.id]) / mean_p) for ex in kept]  # mean 1 over the kept
+    kept_enc = encode_for_training(tokenizer, kept_w, config)
+    val_enc = encode_for_training(tokenizer, val, config)
+    if not kept_enc.items or not val_enc.items:
+        raise WinnowError(f"nothing fits max_length {config.max_length}: kept {len(kept_enc.items)}, "
+                          f"validation {len(val_enc.items)}")
+    kept_p = torch.tensor([kept_w[i].weight for i in kept_enc.index])
+    pad = tokenizer.pad_token_id
+    opts = {w: torch.optim.Adam(pair.params(w), lr=config.model_lr) for w in ROLES}
+    make_gen = generator_for or _hf_generator
+    autocast = autocast_for(device)
+
+    # --- resume -----------------------------------------------------------------------------
+    history: list[dict[str, Any]] = []
+    first = 0
+    ckpt = latest_checkpoint(out / "checkpoints")
+    if ckpt is not None:
+        tensors, states, meta = load_checkpoint(ckpt)
+        with torch.no_grad():
+            for w in ROLES:
+                for i, p in enumerate(pair.params(w)):
+                    p.copy_(tensors[f"{w}.{i}"])
+                opts[w].load_state_dict(states[f"{w}_opt"])
+        set_rng_state(states["rng"])
+        history, first = meta["history"], meta["step"]
+        write_jsonl(out / "metrics.jsonl", history)
+        log.info("resuming refinement from round %d", first + 1)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(config, out / "config.yaml")
+        write_json(out / "questions.json", {"kept": [e.id for e in kept], "refined": [q.id for q in questions]})
+
+    kept_batches = flat_batches(kept_enc.lengths, config.batch_size, seed=config.seed, group_by_length=False,
+                                start=first * config.steps_per_round)
+    val_batches = flat_batches(val_enc.lengths, config.val_batch_size, seed=config.seed + 1, group_by_length=False,
+                               start=first * config.steps_per_round)
+    bar = tqdm(total=config.rounds, initial=first, disable=not progress, desc="refine", unit="round")
+    samples: list[Example] = []
+    for r in range(first, config.rounds):
+        t0 = time.perf_counter()
+        lam_seen: list[float] = []
+        skipped_all: list[dict[str, Any]] = []
+        for s in range(config.steps_per_round):
+            # --- (re)generate with the current θ -------------------------------------------
+            if s == 0 or (config.regenerate_every and s % config.regenerate_every == 0):
+                gen = make_gen(pair.module("upper"), tokenizer)
+                samples, skipped = generate_round(gen, questions, config, r)
+                skipped_all += skipped
+                online = _encode_online(tokenizer, samples, config)
+                online_batches = _question_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
+            # --- one step of θ and φ ---------------------------------------------------------
+            _, kidx = next(kept_batches)
+            _, vidx = next(val_batches)
+            oidx = next(online_batches) if online["items"] else []
+            lam = _step(pair, opts, config, autocast,
+                        kept=(to_device(collate([kept_enc.items[i] for i in kidx], kidx, pad), device),
+                              kept_p[kidx].to(device)),
+                        val=to_device(collate([val_enc.items[i] for i in vidx], vidx, pad), device),
+                        online=_online_batch(online, oidx, pad, device) if oidx else None)
+            lam_seen += lam
+
+        # --- end of round: final weights of this round's samples, validation loss, metrics ------
+        final = _final_bmo(pair, online, config, pad, device, autocast)
+        samples = [replace(ex, weight=float(final[j]), metadata={k: v for k, v in ex.metadata.items()
+                                                                 if k != "_sampler"})
+                   for j, ex in enumerate(online["examples"])]
+        val_loss = _val_loss(pair, val_enc, config, pad, device, autocast)
+        row = _round_row(r, val_loss, samples, skipped_all, lam_seen, judge, time.perf_counter() - t0)
+        history.append(row)
+        write_examples(out / "rounds" / f"round-{r + 1}.jsonl", samples)
+        write_jsonl(out / "rounds" / f"skipped-{r + 1}.jsonl", skipped_all)
+        append_jsonl(out / "metrics.jsonl", row)
+        tensors = {f"{w}.{i}": p.detach() for w in ROLES for i, p in enumerate(pair.params(w))}
+        save_checkpoint(out / "checkpoints", r + 1, tensors=tensors,
+                        states={f"{w}_opt": opts[w].state_dict() for w in ROLES},
+                        meta={"history": history})
+        bar.update(1)
+        bar.set_postfix(val=f"{val_loss:.3f}", kept=row["generated"])
+    bar.close()
+
+    # --- write --------------------------------------------------------------------------------
+    if not samples:  # resumed after the last round finished: its samples are on disk
+        from winnow.data import read_examples
+
+        samples = read_examples(out / "rounds" / f"round-{config.rounds}.jsonl")
+    refined = [*kept_w, *samples]
+    write_examples(out / "refined.jsonl", refined)
+    skipped = [row for k in range(1, config.rounds + 1) if (out / "rounds" / f"skipped-{k}.jsonl").exists()
+               for row in read_jsonl(out / "rounds" / f"skipped-{k}.jsonl")]
+    write_jsonl(out / "skipped.jsonl", skipped)
+    with atomic_dir(out / "upper") as tmp:
+        pair.save_upper(tmp)
+        tokenizer.save_pretrained(tmp)
+    write_json(out / DONE, {**run_info("refine", config), "kept": len(kept_w), "regenerated": len(samples),
+                            "questions": len(questions)})
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return RefineResult(refined, history, out)
+
+
+def _hf_generator(model: Any, tokenizer: Any) -> Generator:
+    from winnow.generation.hf import HFGenerator
+
+    return HFGenerator(model, tokenizer)
+
+
+def _encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig) -> dict[str, Any]:
+    """Encode regenerated pairs with the sampler's log-probs aligned to their targets."""
+    enc = encode_for_training(tokenizer, samples, config)
+    examples = [samples[i] for i in enc.index]
+    lps = [sampler_logprobs(e, *ex.metadata["_sampler"]) for e, ex in zip(enc.items, examples, strict=True)]
+    groups = scope_groups([ex.parent_id or ex.id for ex in examples], "question") or []
+    return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups}
+
+
+def _question_batches(online: dict[str, Any], config: RefineConfig, seed: int):
+    """Endless batches of whole questions (all ``G`` responses together), about ``online_batch_size`` each."""
+    by_q: dict[int, list[int]] = {}
+    for j, g in enumerate(online["groups"]):
+        by_q.setdefault(g, []).append(j)
+    per = max(1, config.online_batch_size // config.samples_per_question)
+    rng = random.Random(seed)
+    while by_q:
+        keys = sorted(by_q)
+        rng.shuffle(keys)
+        for s in range(0, len(keys), per):
+            yield [j for k in keys[s : s + per] for j in by_q[k]]
+
+
+def _online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch.device) -> dict[str, Any]:
+    items = [online["items"][j] for j in idx]
+    batch = to_device(collate(items, idx, pad), device)
+    batch["sampler"] = _batch_sampler(items, [online["sampler"][j] for j in idx], device)
+    batch["groups"] = [online["groups"][j] for j in idx]
+    return batch
+
+
+def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineConfig, autocast: Any, *,
+          kept: tuple[dict[str, torch.Tensor], torch.Tensor], val: dict[str, torch.Tensor],
+          online: dict[str, Any] | None) -> list[float]:
+    """One step of ``φ`` on the weighted data and ``θ`` on ``L_val + γ·`` the same; returns the BMO weights.
+
+    Each model does one forward over each batch; the BMO weights come from the sequence losses
+    of those same forwards (detached), so they cost no extra pass.
+    """
+    kb, kp = kept
+    losses: dict[str, dict[str, Any]] = {}
+    for w in ("lower", "upper"):
+        m = pair.module(w)
+        with autocast():
+            lp_k, mk = batch_token_logprobs(m, kb)
+            lp_o = mk_o = None
+            if online is not None:
+                lp_o, mk_o = batch_token_logprobs(m, online)
+            lv = sequence_nll(*batch_token_logprobs(m, val)).mean() if w == "upper" else None
+        losses[w] = {"kept": sequence_nll(lp_k, mk), "lp_o": lp_o, "mask_o": mk_o, "val": lv}
+    lam = torch.zeros(0)
+    if online is not None:
+        up, lo = losses["upper"], losses["lower"]
+        red = config.bmo_reduction
+        lam = bmo_weights(sequence_nll(up["lp_o"].detach(), up["mask_o"], red),
+                          sequence_nll(lo["lp_o"].detach(), lo["mask_o"], red), tau=config.bmo_tau,
+                          groups=online["groups"] if config.bmo_scope == "question" else None)
+        ratio = (clipped_ratio(up["lp_o"], online["sampler"], config.importance_clip)
+                 if config.importance_clip else None)
+    n = kb["input_ids"].shape[0] + (len(lam) if online is not None else 0)
+    for w in ROLES:  # θ first: backward needs the active adapter to be the one it differentiates
+        d = losses[w]
+        data = (kp * d["kept"]).sum()
+        if online is not None:
+            data = data + (lam.to(d["kept"].device) * sequence_nll(d["lp_o"], d["mask_o"], token_weights=ratio)).sum()
+        data = data / n
+        loss = d["val"] + config.gamma * data if w == "upper" else data
+        pair.module(w)  # make w's parameters the trainable ones again before its backward
+        opts[w].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[w].step()
+    return [float(x) for x in lam]
+
+
+@torch.no_grad()
+def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
+               autocast: Any) -> torch.Tensor:
+    """BMO weights of all this round's samples under the final ``θ``, ``φ`` (one pass per round, for the output)."""
+    n = len(online["items"])
+    if not n:
+        return torch.zeros(0)
+    seq = {}
+    for w in ROLES:
+        m, vals = pair.module(w), torch.empty(n)
+        for s in range(0, n, config.online_batch_size):
+            idx = list(range(s, min(n, s + config.online_batch_size)))
+            with autocast():
+                batch = to_device(collate([online["items"][j] for j in idx], idx, pad), device)
+                lp, mk = batch_token_logprobs(m, batch)
+            vals[idx] = sequence_nll(lp, mk, config.bmo_reduction).float().cpu()
+        seq[w] = vals
+    groups = online["groups"] if config.bmo_scope == "question" else None
+    return bmo_weights(seq["upper"], seq["lower"], tau=config.bmo_tau, groups=groups)
+
+
+@torch.no_grad()
+def _val_loss(pair: Paired, val_enc: Any, config: RefineConfig, pad: int, device: torch.device, autocast: Any) -> float:
+    m, total = pair.module("upper"), 0.0
+    n = len(val_enc.items)
+    for s in range(0, n, config.val_batch_size):
+        idx = list(range(s, min(n, s + config.val_batch_size)))
+        with autocast():
+            total += float(sequence_nll(*batch_token_logprobs(
+                m, to_device(collate([val_enc.items[j] for j in idx], idx, pad), device))).sum())
+    return total / n
+
+
+def _round_row(r: int, val_loss: float, samples: list[Example], skipped: list[dict[str, Any]], lam: list[float],
+               judge: Judge | None, seconds: float) -> dict[str, Any]:
+    w = [ex.weight for ex in samples]
+    row: dict[str, Any] = {
+        "round": r + 1, "val_loss": val_loss, "generated": len(samples), "skipped": len(skipped),
+        "bmo_mean": sum(w) / len(w) if w else None, "bmo_min": min(w, default=None), "bmo_max": max(w, default=None),
+        "step_bmo_max": max(lam, default=None), "round_s": seconds,
+    }
+    if judge is not None and samples:
+        row["refusal_share"] = sum(judge(ex.response, ex.prompt) for ex in samples) / len(samples)
+    return row

@@ -1,0 +1,71 @@
+"""BMO weights: the exact optimum of entropy-regularised softmax BDS, and their invariances."""
+
+from __future__ import annotations
+
+import torch
+
+from winnow.bilevel import bmo_weights, entropy_term, scope_groups, weights_from_logits
+
+
+def test_bmo_is_the_optimum_of_entropy_regularised_bds():
+    torch.manual_seed(0)
+    upper, lower = torch.rand(12, dtype=torch.float64) * 3, torch.rand(12, dtype=torch.float64) * 3
+    gap = upper - lower
+    for tau in (0.3, 1.0, 2.5):
+        def objective(p: torch.Tensor, tau: float = tau) -> torch.Tensor:
+            return (p * gap).mean() + tau * entropy_term(p)  # BDS upper objective for fixed (θ, φ)
+
+        learned = _minimise(lambda omega: objective(weights_from_logits(omega, "softmax")), 12).float()
+        closed = bmo_weights(upper, lower, tau=tau)
+        assert torch.allclose(learned, closed, atol=1e-4), (tau, learned, closed)
+        # and it is a minimum: any other mean-one weighting scores worse
+        other = weights_from_logits(torch.randn(12, dtype=torch.float64))
+        assert float(objective(closed.double())) < float(objective(other))
+
+
+def _minimise(f, n: int) -> torch.Tensor:
+    """Weights ``N·softmax(ω)`` at the minimiser of ``f(ω)``, by L-BFGS in float64."""
+    omega = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([omega], lr=1.0, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        obj = f(omega)
+        obj.backward()
+        return obj
+
+    opt.step(closure)
+    return weights_from_logits(omega.detach(), "softmax")
+
+
+def test_sequence_sum_tau_one_is_the_importance_ratio():
+    logp_theta = torch.tensor([-3.0, -5.0, -4.0])
+    logp_phi = torch.tensor([-4.0, -4.0, -4.0])
+    w = bmo_weights(-logp_theta, -logp_phi, tau=1.0)
+    ratio = torch.exp(logp_theta - logp_phi)
+    assert torch.allclose(w, 3 * ratio / ratio.sum())
+
+
+def test_identical_responses_get_equal_weights_and_mean_one():
+    up = torch.tensor([1.0, 2.0, 1.0, 0.5])
+    lo = torch.tensor([0.5, 0.5, 0.5, 0.7])
+    w = bmo_weights(up, lo, tau=0.7)
+    assert w[0] == w[2]
+    assert abs(float(w.mean()) - 1) < 1e-6
+
+
+def test_per_question_scope_normalises_within_each_question():
+    up = torch.tensor([1.0, 3.0, 0.0, 0.0, 9.0])
+    lo = torch.zeros(5)
+    groups = scope_groups(["a", "a", "b", "b", "c"], "question")
+    w = bmo_weights(up, lo, groups=groups)
+    assert torch.allclose(w[:2].mean(), torch.tensor(1.0)) and torch.allclose(w[2:4], torch.ones(2))
+    assert float(w[4]) == 1.0  # a question with one response keeps weight 1
+    assert float(w[0]) > float(w[1])  # the response θ prefers wins inside its question
+    assert torch.allclose(w[:2], bmo_weights(up[:2], lo[:2]))
+
+
+def test_large_tau_flattens():
+    w = bmo_weights(torch.tensor([0.0, 5.0]), torch.zeros(2), tau=1e6)
+    assert torch.allclose(w, torch.ones(2), atol=1e-5)

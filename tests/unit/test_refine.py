@@ -1,0 +1,175 @@
+"""The online loop: question choice, sampler alignment, the importance correction, a whole run, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from winnow.config import RefineConfig
+from winnow.data import Example, collate, read_examples
+from winnow.data.formatting import encode
+from winnow.generation.base import Completion, SamplingParams
+from winnow.losses import clipped_ratio, sequence_nll, shift, token_logprobs
+from winnow.refine import choose_questions, refine, sampler_logprobs
+from winnow.step import batch_token_logprobs
+
+REFUSAL = "I can't help with that."
+
+
+class StandIn:
+    """Deterministic generator: refuses questions mentioning 7, answers others; one sample per
+    question runs past ``max_new_tokens`` when asked for ``n > 1``."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.calls = 0
+
+    def generate(self, prompts, params: SamplingParams):
+        self.calls += 1
+        out = []
+        for msgs in prompts:
+            q = msgs[-1]["content"]
+            row = []
+            for k in range(params.n):
+                text = REFUSAL if "7" in q else f"{q.split()[2]} is a number {k + params.seed % 3}."
+                ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.end]
+                reason = "length" if k == 2 else "stop"
+                row.append(Completion(text, ids, [-0.5] * len(ids), reason))
+            out.append(row)
+        return out
+
+
+def _is_refusal(text: str, prompt: str) -> bool:
+    return text.startswith("I can't")
+
+
+@pytest.fixture
+def setup(examples):
+    pool, val = examples[:24], examples[24:32]
+    weights = {ex.id: (0.2 if i % 4 == 0 else 1.2) for i, ex in enumerate(pool)}
+    return pool, val, weights
+
+
+def test_choose_questions_cuts_by_rank_and_adds_a_share_of_kept(setup):
+    pool, _, weights = setup
+    kept, ask = choose_questions(pool, weights, 0.75, 0.0, 0)
+    assert len(kept) == 18 and {q.id for q in ask} == {ex.id for i, ex in enumerate(pool) if i % 4 == 0}
+    kept2, ask2 = choose_questions(pool, weights, 0.75, 0.5, 0)
+    assert kept2 == kept and len(ask2) == 6 + 9 and set(q.id for q in ask2[6:]) <= {e.id for e in kept}
+
+
+def test_sampler_alignment_and_clipped_ratio_match_a_hand_computation(tiny):
+    model, tok = tiny
+    ex = Example.from_pair("What is 2 plus 2?", "2 plus 2 is 4.")
+    enc = encode(tok, ex, max_length=64)
+    targets = [t for t in enc.labels if t != -100]
+    gen_ids = targets[:-1]  # the generator stopped one token before the template's last target
+    lp_sampler = sampler_logprobs(enc, gen_ids, [-0.1 * (j + 1) for j in range(len(gen_ids))])
+    assert lp_sampler[:-1] == pytest.approx([-0.1 * (j + 1) for j in range(len(gen_ids))])
+    assert math.isnan(lp_sampler[-1])
+    assert all(math.isnan(v) for v in sampler_logprobs(enc, [999999], [-1.0]))  # no alignment: no correction
+
+    batch = collate([enc], [0], tok.pad_token_id)
+    with torch.no_grad():
+        logp, mask = batch_token_logprobs(model, batch)  # (1, T-1)
+        logits = model(input_ids=batch["input_ids"]).logits
+    ref, ref_mask = token_logprobs(logits, batch["labels"])
+    assert torch.allclose(logp, ref, atol=1e-5) and torch.equal(mask, ref_mask)
+    # by hand: target token t+1 is scored at position t (the one shift), ratio min(exp(now − sampler), c)
+    _, labels = shift(logits, batch["labels"])
+    pos = (labels[0] != -100).nonzero().flatten().tolist()
+    sampler = torch.full_like(logp, math.nan)
+    sampler[0, pos] = torch.tensor(lp_sampler)
+    ratio = clipped_ratio(logp, sampler, 3.0)
+    for j, t in enumerate(pos):
+        lp_now = float(torch.log_softmax(logits[0, t], -1)[labels[0, t]])
+        want = 1.0 if j == len(pos) - 1 else min(math.exp(lp_now - lp_sampler[j]), 3.0)
+        assert float(ratio[0, t]) == pytest.approx(want, rel=1e-5)
+    assert float(ratio[~mask].sum()) == float((~mask).sum())  # off-target: ratio 1, and masked out anyway
+    weighted = sequence_nll(logp, mask, "sum", token_weights=ratio)
+    assert float(weighted) == pytest.approx(-sum(float(ratio[0, t] * logp[0, t]) for t in pos), rel=1e-5)
+
+
+def _config(**kw):
+    base = dict(model="tiny", keep_top=0.75, rounds=2, samples_per_question=3, steps_per_round=3,
+                batch_size=4, online_batch_size=6, val_batch_size=4, max_length=64, model_lr=1e-3, seed=0)
+    return RefineConfig(**{**base, **kw})
+
+
+def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
+    pool, val, weights = setup
+    gens = []
+
+    def make(model, tok):
+        gens.append(StandIn(tok))
+        return gens[-1]
+
+    res = refine(pool, val, weights, _config(), tmp_path / "r", generator_for=make, judge=_is_refusal, progress=False)
+    out = tmp_path / "r"
+    assert (out / "done.json").exists() and not (out / "checkpoints").exists()
+    assert len(gens) == 2  # once per round
+    refined = read_examples(out / "refined.jsonl")
+    orig = [e for e in refined if e.source == "original"]
+    regen = [e for e in refined if e.source == "regenerated"]
+    assert len(orig) == 18 and abs(sum(e.weight for e in orig) / 18 - 1) < 1e-6  # kept, mean weight 1
+    bad = {ex.id for i, ex in enumerate(pool) if i % 4 == 0}
+    assert {e.parent_id for e in regen} == bad and len(regen) == 2 * len(bad)  # the third sample was cut
+    for parent in bad:  # BMO weights: mean 1 over each question's responses
+        ws = [e.weight for e in regen if e.parent_id == parent]
+        assert sum(ws) / len(ws) == pytest.approx(1.0, abs=1e-5)
+    assert all(e.metadata["round"] == 2 for e in regen)
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert len(skipped) == 2 * len(bad) and {s["reason"] for s in skipped} == {"hit max_new_tokens"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2] and all(math.isfinite(r["val_loss"]) for r in rows)
+    n_refusing = sum("7" in ex.prompt for ex in pool if ex.id in bad)
+    assert rows[-1]["refusal_share"] == pytest.approx(n_refusing / len(bad))
+    assert res.history == rows and len(res.examples) == len(refined)
+    assert (out / "upper").is_dir()
+
+
+def test_resumed_refinement_equals_uninterrupted(setup, tmp_path):
+    pool, val, weights = setup
+    cfg = _config()
+    make = lambda model, tok: StandIn(tok)  # noqa: E731
+    refine(pool, val, weights, cfg, tmp_path / "a", generator_for=make, progress=False)
+
+    calls = {"n": 0}
+
+    def dies_in_round_two(text, prompt):
+        calls["n"] += 1
+        if calls["n"] > 12:  # round 1 judges its 12 samples; round 2 dies before its checkpoint
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        refine(pool, val, weights, cfg, tmp_path / "b", generator_for=make, judge=dies_in_round_two, progress=False)
+    assert not (tmp_path / "b" / "done.json").exists()
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-00000001"]
+    refine(pool, val, weights, cfg, tmp_path / "b", generator_for=make, progress=False)
+    a = read_examples(tmp_path / "a" / "refined.jsonl")
+    b = read_examples(tmp_path / "b" / "refined.jsonl")
+    assert [e.id for e in a] == [e.id for e in b]
+    assert [e.weight for e in a] == pytest.approx([e.weight for e in b], abs=1e-6)
+    va = [json.loads(x)["val_loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    vb = [json.loads(x)["val_loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert va == pytest.approx(vb, abs=1e-6)
+
+
+def test_refine_with_two_lora_adapters_trains_both_and_starts_from_a_saved_adapter(setup, tmp_path):
+    pool, val, weights = setup
+    from safetensors.torch import load_file
+
+    make = lambda model, tok: StandIn(tok)  # noqa: E731
+    cfg = _config(lora=True, lora_r=4, rounds=1, model_lr=1e-2)
+    refine(pool, val, weights, cfg, tmp_path / "a", generator_for=make, progress=False)
+    first = load_file(tmp_path / "a" / "upper" / "upper" / "adapter_model.safetensors")
+    assert any(float(v.abs().sum()) > 0 for k, v in first.items() if "lora_B" in k)  # θ moved off B = 0
+    # a second run starting from that adapter begins where the first ended
+    res = refine(pool, val, weights, cfg, tmp_path / "b", start=tmp_path / "a" / "upper" / "upper",
+                 generator_for=make, progress=False)
+    assert res.history[0]["val_loss"] < json.loads((tmp_path / "a" / "metrics.jsonl").read_text())["val_loss"] + 0.5
