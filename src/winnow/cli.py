@@ -145,12 +145,77 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    from winnow.config import RefineConfig
+    from winnow.data import check_weights_cover, load_examples, read_weights
+    from winnow.judge import is_refusal
+    from winnow.refine import refine
+
+    config = _config(RefineConfig, args)
+    fields = _fields(args)
+    pool = load_examples(args.pool, fields).examples
+    val = load_examples(args.val, fields).examples
+    weights = read_weights(args.weights)
+    check_weights_cover(weights, pool, args.weights)
+    judge = (lambda text, prompt: is_refusal(text, prompt=prompt)) if args.judge_refusals else None
+    res = refine(pool, val, weights, config, args.out, start=args.start, judge=judge, progress=not args.no_progress)
+    regen = sum(ex.source == "regenerated" for ex in res.examples)
+    print(f"refined data: {len(res.examples) - regen} kept pairs + {regen} regenerated responses "
+          f"in {args.out}/refined.jsonl")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from winnow.config import EvalConfig
+    from winnow.evaluate import evaluate
+
+    config = _config(EvalConfig, args)
+    res = evaluate(args.model_dir, args.test, config, args.out, scores=args.scores, labels=args.labels)
+    for name, value in sorted(res.metrics.items()):
+        print(f"{name:28s} {value:.4g}" if isinstance(value, float) else f"{name:28s} {value}")
+    if res.judge:
+        print(f"(refusal judge accuracy on {res.judge.get('n', 105):.0f} human-labelled responses: "
+              f"{res.judge.get('accuracy', float('nan')):.3f})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from winnow.config import RunConfig, load_yaml
+    from winnow.pipeline import run_pipeline
+
+    summary = run_pipeline(load_yaml(RunConfig, args.config), args.out, progress=not args.no_progress)
+    return _print_summary(summary, args.out)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from winnow.demo import demo_config
+    from winnow.pipeline import run_pipeline
+
+    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    config = demo_config(quick=args.quick, seeds=args.seeds)
+    print(f"winnow demo: task {config.task}, model {config.model}, arms {', '.join(config.arms)}, "
+          f"{len(config.seeds)} seed(s); run directory {out} (re-run to resume)")
+    return _print_summary(run_pipeline(config, out, progress=not args.no_progress), out)
+
+
+def _print_summary(summary: dict[str, Any], out: str) -> int:
+    from winnow.report import summary_markdown
+
+    print(summary_markdown(summary))
+    if summary.get("judge_accuracy") is not None:
+        print(f"refusal judge accuracy on pyrit's human-labelled responses: {summary['judge_accuracy']:.3f}")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+    print(f"wall time {summary['wall_s'] / 60:.1f} min; report: {out}/report.html")
+    return 0
+
+
 # --- wiring -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     from winnow import __version__
-    from winnow.config import TrainConfig, WeighConfig
+    from winnow.config import EvalConfig, RefineConfig, TrainConfig, WeighConfig
 
     parser = argparse.ArgumentParser(prog="winnow", description="Curate LLM fine-tuning data against a trusted "
                                      "validation set.")
@@ -208,6 +273,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=int, help="test examples (default: the task's)")
     p.add_argument("--bad-share", type=float, help="share of bad pool pairs (default: the task's)")
     p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("refine", help="regenerate responses for the low-weighted questions; BMO-weight them")
+    p.add_argument("--pool", required=True, help="the data that was weighed")
+    p.add_argument("--val", required=True, help="the trusted validation set")
+    p.add_argument("--weights", required=True, help="weights.jsonl of `winnow weigh`")
+    p.add_argument("--start", help="start both models from this saved adapter/model (e.g. runs/weigh/upper)")
+    p.add_argument("--judge-refusals", action="store_true", help="log the share of regenerated refusals per round")
+    p.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _data_args(p)
+    _config_args(p, RefineConfig)
+    p.set_defaults(func=cmd_refine)
+
+    p = sub.add_parser("eval", help="refusal rate, over-refusal, reference loss (and selection quality) of a model")
+    p.add_argument("--model-dir", required=True, help="a `winnow train` output folder or a model folder")
+    p.add_argument("--test", required=True, help="test pairs; records with \"harmful\": true are harmful prompts")
+    p.add_argument("--scores", help="weights.jsonl of `winnow weigh`, for selection quality (with --labels)")
+    p.add_argument("--labels", help="pool_labels.jsonl ({id, label}) for selection quality")
+    p.add_argument("--out", required=True, help="folder for results.json and generations.jsonl")
+    _config_args(p, EvalConfig)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="the whole pipeline from a run config (weigh, select, refine, train arms, eval)")
+    p.add_argument("--config", required=True, help="run YAML (see `RunConfig` in winnow/config.py)")
+    p.add_argument("--out", required=True, help="run directory (re-running resumes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the safety task end to end with SmolLM2-135M (--quick: the tiny model)")
+    p.add_argument("--quick", action="store_true", help="tiny model, about 3 minutes on 2 CPU cores")
+    p.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per arm (3 for a publishable table)")
+    p.add_argument("--out", help="run directory (default runs/demo or runs/demo-quick)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

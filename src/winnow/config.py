@@ -38,12 +38,16 @@ class ModelOptions:
     """LoRA dropout."""
     lora_targets: str = "all-linear"
     """Modules that get adapters: ``all-linear`` or a comma-separated list of module names."""
+    lora_layers: int = 0
+    """Adapters on the last N transformer layers only (0: every layer); backward then stops there, which
+    makes each step cheaper."""
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "max_length must be >= 8")
         _check(self.truncation in ("drop", "left"), "truncation must be 'drop' or 'left'")
         _check(self.train_on in ("all", "last"), "train_on must be 'all' or 'last'")
         _check(self.lora_r > 0, "lora_r must be > 0")
+        _check(self.lora_layers >= 0, "lora_layers must be >= 0")
 
     def targets(self) -> str | list[str]:
         """``lora_targets`` as peft expects it."""

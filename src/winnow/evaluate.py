@@ -269,7 +269,10 @@ def evaluate_model(
     # --- losses of the reference responses ------------------------------------------------------
     for name, part in (("benign_loss", benign), ("refusal_loss", harmful)):
         if part:
-            metrics[name] = reference_loss(model, tokenizer, part, config, batch_size=config.batch_size)
+            try:
+                metrics[name] = reference_loss(model, tokenizer, part, config, batch_size=config.batch_size)
+            except WinnowError as e:  # every pair too long for max_length: say so, keep the other metrics
+                log.warning("no %s: %s", name, e)
 
     # --- judge, selection, win rate -------------------------------------------------------------
     try:

@@ -66,6 +66,11 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def read_json(path: str | Path) -> Any:
+    """Read one JSON document."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write JSON lines atomically."""
     with atomic_open(path) as f:

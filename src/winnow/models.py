@@ -235,13 +235,15 @@ def add_lora(
     alpha: int = 32,
     dropout: float = 0.0,
     target_modules: str | list[str] = "all-linear",
+    last_layers: int = 0,
 ) -> PeftModel:
     """Put one or more named LoRA adapters on a frozen base model.
 
     Each adapter is its own parameter set (BDS uses two, e.g. ``("upper", "lower")``) on one
     shared copy of the base weights. The first adapter comes back active and trainable; the
     others are frozen until `use_adapter` switches to them. ``"all-linear"`` targets every
-    linear layer except the output head. The base model is modified in place.
+    linear layer except the output head. ``last_layers > 0`` puts adapters on the last that many
+    decoder layers only, so backward passes stop there. The base model is modified in place.
 
     Raises:
         WinnowError: no adapter names, or a name repeated.
@@ -249,9 +251,16 @@ def add_lora(
     names = list(adapters)
     if not names or len(set(names)) != len(names):
         raise WinnowError(f"adapter names must be non-empty and distinct, got {names}")
+    n_layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if last_layers and not 0 < last_layers <= n_layers:
+        raise WinnowError(f"lora_layers {last_layers} is not within the model's {n_layers} layers")
+    if last_layers and target_modules == "all-linear":  # peft takes layer choices only with named modules
+        head = model.get_output_embeddings()
+        target_modules = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                                 if isinstance(mod, torch.nn.Linear) and mod is not head})
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-        task_type="CAUSAL_LM",
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM",
+        layers_to_transform=list(range(n_layers - last_layers, n_layers)) if last_layers else None,
     )
     peft_model = get_peft_model(model, config, adapter_name=names[0])
     for name in names[1:]:

@@ -32,7 +32,8 @@ def prepare_model(
     use_lora = options.lora if options.lora is not None else models.count_parameters(model)[1] > LORA_ABOVE
     if use_lora:
         model = models.add_lora(model, adapters=adapters, r=options.lora_r, alpha=options.lora_alpha,
-                                dropout=options.lora_dropout, target_modules=options.targets())
+                                dropout=options.lora_dropout, target_modules=options.targets(),
+                                last_layers=options.lora_layers)
     return model, tokenizer, use_lora
 
 

@@ -1,0 +1,33 @@
+"""The demo's run configs: the ``safety`` task end to end, sized for 2 CPU cores.
+
+``winnow demo`` uses SmolLM2-135M-Instruct with LoRA on its last layers (backward passes stop
+there) and sequences of at most 128 tokens, so the whole run fits in about 30 minutes on 2 CPU
+cores; ``--quick`` uses the tiny random-init model and finishes in about 3 minutes (a smoke
+test of every stage, not a result). Sizes are chosen from the timings in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+from winnow.config import RunConfig
+
+
+def demo_config(*, quick: bool = False, seeds: int = 1) -> RunConfig:
+    """The ``winnow demo`` run config (``seeds`` fine-tuning seeds per arm)."""
+    if quick:
+        return RunConfig(
+            task="safety", pool_size=64, val_size=16, test_size=32, model="tiny", max_length=128,
+            seeds=list(range(seeds)),
+            weigh={"rounds": 4, "steps_per_round": 4},
+            refine={"rounds": 2, "steps_per_round": 8, "samples_per_question": 2, "max_new_tokens": 24,
+                    "model_lr": 1e-3},
+            train={"max_steps": 60, "batch_size": 8, "lr": 2e-3, "save_every": 20},
+            eval={"max_new_tokens": 16},
+        )
+    return RunConfig(
+        task="safety", pool_size=96, val_size=32, test_size=48, model="smollm2-135m", max_length=128,
+        model_options={"lora_r": 16, "lora_layers": 8}, seeds=list(range(seeds)),
+        weigh={"rounds": 4, "steps_per_round": 4},
+        refine={"rounds": 2, "steps_per_round": 6, "samples_per_question": 2, "max_new_tokens": 48},
+        train={"max_steps": 24, "batch_size": 8, "lr": 3e-4, "save_every": 8},
+        eval={"max_new_tokens": 32},
+    )
