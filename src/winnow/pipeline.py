@@ -50,10 +50,10 @@ def run_pipeline(config: RunConfig, out: str | Path, *, progress: bool = True) -
     _check_same_config(config, out)
     t0 = time.perf_counter()
     data = prepare_data(config, out / "task")
-    plan = _plan(config, data, out)
+    plan = _plan(config, data, out, progress)
     log.info("run %s: %d stages (%s)", out, len(plan), ", ".join(name for name, _ in plan))
     for k, (name, stage) in enumerate(plan, 1):
-        log.info("stage %d/%d: %s", k, len(plan), name)
+        log.info("stage %d/%d: %s (%.1f min so far)", k, len(plan), name, (time.perf_counter() - t0) / 60)
         stage()
     summary = summarise(config, out, data, wall_s=time.perf_counter() - t0)
     from winnow.report import write_report
@@ -108,33 +108,34 @@ def prepare_data(config: RunConfig, folder: Path) -> RunData:
     return RunData(pool, val, test, labels, judge)
 
 
-def _plan(config: RunConfig, data: RunData, out: Path) -> list[tuple[str, Any]]:
+def _plan(config: RunConfig, data: RunData, out: Path, progress: bool) -> list[tuple[str, Any]]:
     """The stages this config needs, in order, each a no-argument callable."""
     arms = [a for a in config.arms if a != "oracle" or data.labels]
     if len(arms) < len(config.arms):
         log.warning("no pool labels: the oracle arm is skipped")
     plan: list[tuple[str, Any]] = []
     if any(a in ("bds", "bds_refine") for a in arms):
-        plan.append(("weigh", lambda: weigh_stage(config, data, out)))
+        plan.append(("weigh", lambda: weigh_stage(config, data, out, progress)))
         plan.append(("select", lambda: select_stage(config, data, out)))
     if "bds_refine" in arms:
-        plan.append(("refine", lambda: refine_stage(config, data, out)))
+        plan.append(("refine", lambda: refine_stage(config, data, out, progress)))
     for arm in arms:
         for seed in config.seeds:
-            plan.append((f"{arm} (seed {seed})", lambda arm=arm, seed=seed: arm_stage(config, data, out, arm, seed)))
+            run = lambda arm=arm, seed=seed: arm_stage(config, data, out, arm, seed, progress)  # noqa: E731
+            plan.append((f"{arm} (seed {seed})", run))
     return plan
 
 
 # --- stages -----------------------------------------------------------------------------------
 
 
-def weigh_stage(config: RunConfig, data: RunData, out: Path) -> dict[str, float]:
+def weigh_stage(config: RunConfig, data: RunData, out: Path, progress: bool = True) -> dict[str, float]:
     from winnow.weigh import weigh
 
     wc = config.stage("weigh", WeighConfig)
     if not is_done(out / "weigh"):
         save_yaml(wc, _mkdir(out / "weigh") / "config.yaml")
-    return weigh(data.pool, data.val, wc, out / "weigh")
+    return weigh(data.pool, data.val, wc, out / "weigh", progress=progress)
 
 
 def _weights(out: Path) -> dict[str, float]:
@@ -163,7 +164,7 @@ def select_stage(config: RunConfig, data: RunData, out: Path) -> None:
     write_json(folder / DONE, {**run_info("select", {"keep_top": config.keep_top}), **summary})
 
 
-def refine_stage(config: RunConfig, data: RunData, out: Path) -> None:
+def refine_stage(config: RunConfig, data: RunData, out: Path, progress: bool = True) -> None:
     from winnow.refine import refine
 
     rc = config.stage("refine", RefineConfig)
@@ -172,7 +173,8 @@ def refine_stage(config: RunConfig, data: RunData, out: Path) -> None:
         from winnow.judge import is_refusal
 
         judge = lambda text, prompt: is_refusal(text, prompt=prompt)  # noqa: E731
-    refine(data.pool, data.val, _weights(out), rc, out / "refine", start=out / "weigh" / "upper", judge=judge)
+    refine(data.pool, data.val, _weights(out), rc, out / "refine", start=out / "weigh" / "upper", judge=judge,
+           progress=progress)
 
 
 def arm_data(config: RunConfig, data: RunData, out: Path, arm: str, seed: int) -> list[Example]:
@@ -200,7 +202,7 @@ def arm_data(config: RunConfig, data: RunData, out: Path, arm: str, seed: int) -
     return [*chosen, *uniform(data.val)]
 
 
-def arm_stage(config: RunConfig, data: RunData, out: Path, arm: str, seed: int) -> None:
+def arm_stage(config: RunConfig, data: RunData, out: Path, arm: str, seed: int, progress: bool = True) -> None:
     """Fine-tune one arm with one seed and evaluate it on the test set."""
     from winnow.evaluate import evaluate
     from winnow.train import finetune
@@ -209,7 +211,7 @@ def arm_stage(config: RunConfig, data: RunData, out: Path, arm: str, seed: int) 
     tc = config.stage("train", TrainConfig, seed=seed)
     if tc.max_steps is None:
         raise WinnowError("run config: train.max_steps must be set so every arm gets the same budget")
-    finetune(arm_data(config, data, out, arm, seed), tc, folder / "train", val=data.val)
+    finetune(arm_data(config, data, out, arm, seed), tc, folder / "train", val=data.val, progress=progress)
     ec = config.stage("eval", EvalConfig, seed=seed)
     evaluate(folder / "train", data.test, ec, folder / "eval")
 

@@ -239,6 +239,7 @@ def refine(
                 samples, skipped = generate_round(gen, questions, config, r)
                 skipped_all += skipped
                 online = _encode_online(tokenizer, samples, config)
+                skipped_all += online["dropped"]
                 online_batches = _question_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
@@ -292,7 +293,7 @@ def refine(
 def _hf_generator(model: Any, tokenizer: Any) -> Generator:
     from winnow.generation.hf import HFGenerator
 
-    return HFGenerator(model, tokenizer)
+    return HFGenerator(model, tokenizer, device=next(model.parameters()).device)
 
 
 def _encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig) -> dict[str, Any]:
@@ -301,7 +302,10 @@ def _encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig)
     examples = [samples[i] for i in enc.index]
     lps = [sampler_logprobs(e, *ex.metadata["_sampler"]) for e, ex in zip(enc.items, examples, strict=True)]
     groups = scope_groups([ex.parent_id or ex.id for ex in examples], "question") or []
-    return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups}
+    by_id = {ex.id: ex for ex in samples}
+    dropped = [{"parent_id": by_id[i].parent_id, "id": i, "round": by_id[i].metadata["round"], "reason": why}
+               for i, why in enc.dropped]
+    return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups, "dropped": dropped}
 
 
 def _question_batches(online: dict[str, Any], config: RefineConfig, seed: int):

@@ -173,3 +173,21 @@ def test_refine_with_two_lora_adapters_trains_both_and_starts_from_a_saved_adapt
     res = refine(pool, val, weights, cfg, tmp_path / "b", start=tmp_path / "a" / "upper" / "upper",
                  generator_for=make, progress=False)
     assert res.history[0]["val_loss"] < json.loads((tmp_path / "a" / "metrics.jsonl").read_text())["val_loss"] + 0.5
+
+
+def test_the_library_fake_generator_drives_a_round_and_bmo_favours_what_theta_prefers(setup, tmp_path):
+    from winnow.generation import FakeGenerator
+
+    pool, val, weights = setup
+    res = refine(pool, val, weights, _config(rounds=1, max_length=160), tmp_path / "f",
+                 generator_for=lambda model, tok: FakeGenerator(tokenizer=tok), progress=False)
+    regen = [e for e in res.examples if e.source == "regenerated"]
+    assert len(regen) == 6 * 3 and all(e.metadata["finish_reason"] == "stop" for e in regen)
+    assert res.history[0]["generated"] == 18 and res.history[0]["skipped"] == 0
+    # per question the weights have mean 1, and identical responses to one question weigh the same
+    for parent in {e.parent_id for e in regen}:
+        group = [e for e in regen if e.parent_id == parent]
+        assert sum(e.weight for e in group) / len(group) == pytest.approx(1.0, abs=1e-5)
+        by_text: dict[str, float] = {}
+        for e in group:
+            assert by_text.setdefault(e.response, e.weight) == pytest.approx(e.weight, abs=1e-6)

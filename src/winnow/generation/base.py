@@ -2,19 +2,24 @@
 
 Backends (``hf``, ``vllm``, ``fake``) take chat prompts and sampling parameters and return, per
 prompt, the generated texts with the sampler's per-token log-probabilities, so the online loop
-can correct stale samples (DESIGN §1.4) without a second pass.
+can correct stale samples (DESIGN §1.4) without a second pass. The helpers at the end are
+what every backend shares: prompt tokenisation identical to training's, the end-of-turn ids,
+and finish reasons.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from winnow.data.example import Message
+from winnow.data.formatting import _adds_bos, render
+from winnow.smollm2 import IM_END
 
 FinishReason = Literal["stop", "length", "empty", "too_long"]
-"""``stop``: ended at end-of-turn/EOS; ``length``: hit ``max_new_tokens``; ``empty``: no text;
+"""``stop``: ended at end-of-turn/EOS; ``length``: hit ``max_new_tokens``; ``empty``: no
+non-space text (takes precedence over the other two);
 ``too_long``: the prompt does not fit the model's context (nothing generated)."""
 
 
@@ -62,3 +67,46 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[Sequence[Message]], params: SamplingParams) -> list[list[Completion]]:
         """For each prompt (its messages, ending with a user turn), ``params.n`` completions."""
         ...
+
+
+# --- helpers shared by the backends --------------------------------------------------------
+
+
+def prompt_token_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """Token ids of a chat prompt, tokenised exactly as `winnow.data.formatting.encode` does.
+
+    The rendered text is tokenised without special tokens; BOS is prepended only when the
+    tokenizer would add it itself and the chat template did not already write it, so a
+    prompt never carries two BOS tokens and generation sees the same ids training does.
+    """
+    text = render(tokenizer, messages, generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and _adds_bos(tokenizer) and not text.startswith(tokenizer.bos_token):
+        ids = [bos, *ids]
+    return ids
+
+
+def stop_token_ids(tokenizer: Any, extra: int | Sequence[int] | None = None) -> list[int]:
+    """End-of-turn ids: ChatML's ``<|im_end|>`` when the vocabulary has it, EOS, and ``extra``."""
+    ids: list[int] = []
+    im_end = tokenizer.get_vocab().get(IM_END)
+    if im_end is not None:
+        ids.append(im_end)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if extra is not None:
+        ids += [extra] if isinstance(extra, int) else list(extra)
+    return list(dict.fromkeys(ids))
+
+
+def finish_reason(text: str, stopped: bool) -> FinishReason:
+    """``empty`` when the text has no non-space character, else ``stop`` or ``length``."""
+    if not text.strip():
+        return "empty"
+    return "stop" if stopped else "length"
+
+
+def too_long(n: int) -> list[Completion]:
+    """``n`` placeholder completions for a prompt that was not generated for."""
+    return [Completion("", finish_reason="too_long") for _ in range(n)]
