@@ -1,0 +1,175 @@
+"""Online self-refinement on the safety task: do the regenerated responses turn into refusals, and do
+BMO weights rank refusals above compliant regenerations?
+
+Run (from the repository root; ~10 minutes on 2 CPU cores):
+
+    .venv/bin/python benchmarks/bench_refine.py [--rounds 3] [--samples 4] [--pool 96] [--threads 2] [--no-write]
+
+The refined questions are exactly the pool's harmful-compliance ones (the hidden labels set the cut,
+so this measures refinement, not selection). Each round generates ``G`` responses per question with
+the current upper model ``θ`` (round 1: the model before any refinement step), then trains. Reports,
+per round: the share of regenerated responses the refusal judge accepts, and the AUROC of the
+round's BMO weights for refusal-vs-compliance (pooled over questions; weights have mean 1 within each
+question). Also counts model forward passes per training step with BMO weights against the same step
+with uniform weights on the regenerated pairs (the extra cost of BMO), on the tiny model.
+Batched-vs-sequential generation throughput is ``benchmarks/bench_generation.py``.
+Results go to ``benchmarks/RESULTS.md`` under ``## bench_refine``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from winnow.config import RefineConfig
+from winnow.data import read_examples
+from winnow.io import read_jsonl
+from winnow.judge import is_refusal
+from winnow.metrics import auroc
+from winnow.refine import refine
+from winnow.tasks import build_task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], float]:
+    """Refine the harmful-compliance questions; per-round judge share and BMO AUROC."""
+    task = build_task("safety", seed=0, pool_size=args.pool, val_size=32, test_size=8)
+    bad = [ex for ex in task.pool if ex.metadata["label"] == "bad"]
+    weights = {ex.id: 0.0 if ex.metadata["label"] == "bad" else 1.0 for ex in task.pool}
+    config = RefineConfig(model=args.model, max_length=128, lora_layers=args.lora_layers,
+                          keep_top=1 - len(bad) / len(task.pool), rounds=args.rounds,
+                          samples_per_question=args.samples, max_new_tokens=48, steps_per_round=args.steps,
+                          temperature=0.8, model_lr=args.lr, gamma=1.0)
+    t0 = time.perf_counter()
+    refine(task.pool, task.val, weights, config, out, judge=lambda t, p: is_refusal(t, prompt=p))
+    wall = time.perf_counter() - t0
+    rows = []
+    bad_ids = {ex.id for ex in bad}
+    for r in range(1, args.rounds + 1):
+        samples = [ex for ex in read_examples(out / "rounds" / f"round-{r}.jsonl") if ex.parent_id in bad_ids]
+        refused = [is_refusal(ex.response, prompt=ex.prompt) for ex in samples]
+        skipped = read_jsonl(out / "rounds" / f"skipped-{r}.jsonl")
+        generated = len(samples) + len(skipped)
+        rows.append({
+            "round": r, "generated": generated, "trained_on": len(samples),
+            "refusal_share_all": sum(refused) / max(1, generated),  # cut/empty responses count as not refused
+            "refusal_share_trained": sum(refused) / max(1, len(samples)),
+            "bmo_auroc": auroc([ex.weight for ex in samples], refused) if 0 < sum(refused) < len(refused) else None,
+            "bmo_refusal_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if y]),
+            "bmo_compliance_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if not y]),
+        })
+    return rows, read_jsonl(out / "metrics.jsonl"), wall
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def forward_counts() -> dict[str, int]:
+    """Model forward passes in one refine step with BMO weights vs with uniform online weights (tiny model)."""
+    from winnow.bilevel import bmo
+
+    return {"bmo": _forwards_per_step(bmo.bmo_weights),
+            "uniform": _forwards_per_step(lambda up, lo, **kw: torch.ones_like(up))}
+
+
+def _forwards_per_step(weight_fn) -> int:
+    from winnow import refine as refine_mod
+    from winnow.generation import FakeGenerator
+
+    task = build_task("safety", seed=0, pool_size=24, val_size=8, test_size=8)
+    weights = {ex.id: 0.0 if ex.metadata["label"] == "bad" else 1.0 for ex in task.pool}
+    n = {"forward": 0, "steps": 0}
+    real_step, real_bmo = refine_mod._step, refine_mod.bmo_weights
+
+    def bump(*_):
+        n["forward"] += 1
+
+    def counted_step(pair, *a, **kw):
+        # the decoder stacks (the loss code calls them directly, then the head on targets only)
+        stacks = {id(s): s for s in (_stack(pair.module(w)) for w in ("upper", "lower"))}
+        hooks = [s.register_forward_pre_hook(bump) for s in stacks.values()]
+        try:
+            n["steps"] += 1
+            return real_step(pair, *a, **kw)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    refine_mod._step, refine_mod.bmo_weights = counted_step, weight_fn
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = RefineConfig(model="tiny", max_length=256, keep_top=0.75, rounds=1, steps_per_round=3,
+                               samples_per_question=2)
+            refine(task.pool, task.val, weights, cfg, Path(tmp) / "r", progress=False,
+                   generator_for=lambda m, t: FakeGenerator(tokenizer=t))
+    finally:
+        refine_mod._step, refine_mod.bmo_weights = real_step, real_bmo
+    return n["forward"] // n["steps"]
+
+
+def _stack(model: torch.nn.Module) -> torch.nn.Module:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "model", base)
+
+
+def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict], wall: float,
+                  counts: dict[str, int]) -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "## bench_refine", "",
+        f"Machine: {platform.machine()}, {args.threads} CPU threads, fp32; commit {commit}; "
+        f"`python benchmarks/bench_refine.py --rounds {args.rounds} --samples {args.samples} --pool {args.pool} "
+        f"--steps {args.steps} --lr {args.lr}`; model {args.model} + LoRA (last {args.lora_layers} layers); "
+        f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
+        "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
+        "| round | generated | trained on | judge refusals (of generated) | (of trained on) | BMO AUROC "
+        "refusal > compliance | mean λ refusals | mean λ compliances | val loss after round |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row, m in zip(rows, metrics, strict=True):
+        lines.append(f"| {row['round']} | {row['generated']} | {row['trained_on']} | {row['refusal_share_all']:.2f} | "
+                     f"{row['refusal_share_trained']:.2f} | {fmt(row['bmo_auroc'])} | {fmt(row['bmo_refusal_mean'])} | "
+                     f"{fmt(row['bmo_compliance_mean'])} | {m['val_loss']:.3f} |")
+    lines += ["", f"Model forward passes per training step: {counts['bmo']} with BMO weights, {counts['uniform']} "
+              f"with uniform weights on the regenerated pairs → {counts['bmo'] - counts['uniform']} extra "
+              "(tiny model, counted with forward hooks).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--pool", type=int, default=96)
+    ap.add_argument("--lora-layers", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="keep the refine run here (default: a temporary folder)")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    counts = forward_counts()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, metrics, wall = run_refine(args, Path(args.out or tmp) / "refine")
+    text = write_results(args, rows, metrics, wall, counts)
+    print(text)
+    if not args.no_write:
+        path = ROOT / "benchmarks" / "RESULTS.md"
+        path.write_text(path.read_text(encoding="utf-8").rstrip() + "\n\n" + text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
+
