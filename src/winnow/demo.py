@@ -15,13 +15,13 @@ def demo_config(*, quick: bool = False, seeds: int = 1) -> RunConfig:
     """The ``winnow demo`` run config (``seeds`` fine-tuning seeds per arm)."""
     if quick:
         return RunConfig(
-            task="safety", pool_size=64, val_size=16, test_size=32, model="tiny", max_length=128,
+            task="safety", pool_size=48, val_size=16, test_size=24, model="tiny", max_length=128,
             seeds=list(range(seeds)),
-            weigh={"rounds": 4, "steps_per_round": 4},
-            refine={"rounds": 2, "steps_per_round": 8, "samples_per_question": 2, "max_new_tokens": 24,
+            weigh={"rounds": 3, "steps_per_round": 4},
+            refine={"rounds": 1, "steps_per_round": 4, "samples_per_question": 2, "max_new_tokens": 16,
                     "model_lr": 1e-3},
-            train={"max_steps": 60, "batch_size": 8, "lr": 2e-3, "save_every": 20},
-            eval={"max_new_tokens": 16},
+            train={"max_steps": 40, "batch_size": 8, "lr": 2e-3, "save_every": 20},
+            eval={"max_new_tokens": 12},
         )
     return RunConfig(
         task="safety", pool_size=96, val_size=32, test_size=48, model="smollm2-135m", max_length=128,
