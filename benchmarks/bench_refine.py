@@ -45,21 +45,23 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
     weights = {ex.id: 0.0 if ex.metadata["label"] == "bad" else 1.0 for ex in task.pool}
     config = RefineConfig(model=args.model, max_length=128, lora_layers=args.lora_layers,
                           keep_top=1 - len(bad) / len(task.pool), rounds=args.rounds,
-                          samples_per_question=args.samples, max_new_tokens=48, steps_per_round=args.steps,
-                          temperature=0.8, model_lr=args.lr, gamma=1.0)
+                          samples_per_question=args.samples, max_new_tokens=args.max_new_tokens,
+                          steps_per_round=args.steps, temperature=0.8, model_lr=args.lr, gamma=args.gamma)
     t0 = time.perf_counter()
     refine(task.pool, task.val, weights, config, out, judge=lambda t, p: is_refusal(t, prompt=p))
     wall = time.perf_counter() - t0
     rows = []
     bad_ids = {ex.id for ex in bad}
     for r in range(1, args.rounds + 1):
-        samples = [ex for ex in read_examples(out / "rounds" / f"round-{r}.jsonl") if ex.parent_id in bad_ids]
+        path = out / "rounds" / f"round-{r}.jsonl"
+        samples = [ex for ex in (read_examples(path) if path.stat().st_size else []) if ex.parent_id in bad_ids]
         refused = [is_refusal(ex.response, prompt=ex.prompt) for ex in samples]
-        skipped = read_jsonl(out / "rounds" / f"skipped-{r}.jsonl")
+        skipped = [s for s in read_jsonl(out / "rounds" / f"skipped-{r}.jsonl") if s["parent_id"] in bad_ids]
+        refused_cut = [is_refusal(s["response"], prompt=s["prompt"]) for s in skipped]
         generated = len(samples) + len(skipped)
         rows.append({
             "round": r, "generated": generated, "trained_on": len(samples),
-            "refusal_share_all": sum(refused) / max(1, generated),  # cut/empty responses count as not refused
+            "refusal_share_all": (sum(refused) + sum(refused_cut)) / max(1, generated),
             "refusal_share_trained": sum(refused) / max(1, len(samples)),
             "bmo_auroc": auroc([ex.weight for ex in samples], refused) if 0 < sum(refused) < len(refused) else None,
             "bmo_refusal_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if y]),
@@ -129,7 +131,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         "## bench_refine", "",
         f"Machine: {platform.machine()}, {args.threads} CPU threads, fp32; commit {commit}; "
         f"`python benchmarks/bench_refine.py --rounds {args.rounds} --samples {args.samples} --pool {args.pool} "
-        f"--steps {args.steps} --lr {args.lr}`; model {args.model} + LoRA (last {args.lora_layers} layers); "
+        f"--steps {args.steps} --lr {args.lr} --gamma {args.gamma} "
+        f"--max-new-tokens {args.max_new_tokens}`; model {args.model} + LoRA (last {args.lora_layers} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
         "| round | generated | trained on | judge refusals (of generated) | (of trained on) | BMO AUROC "
@@ -153,6 +156,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--gamma", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--pool", type=int, default=96)
     ap.add_argument("--lora-layers", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)

@@ -96,7 +96,8 @@ def generate_round(
         for k, c in enumerate(completions):
             meta = {"round": round_ + 1, "sample": k, "finish_reason": c.finish_reason}
             if c.finish_reason != "stop" or not c.text.strip():
-                skipped.append({"parent_id": q.id, **meta, "reason": _why(c.finish_reason)})
+                skipped.append({"parent_id": q.id, **meta, "reason": _why(c.finish_reason), "prompt": q.prompt,
+                                "response": c.text})
                 continue
             ex = q.with_response(c.text, source="regenerated", weight=1.0, metadata=meta)
             good.append(replace(ex, id=f"{ex.id}-r{round_ + 1}s{k}"))
@@ -414,6 +415,8 @@ def _round_row(r: int, val_loss: float, samples: list[Example], skipped: list[di
         "bmo_mean": sum(w) / len(w) if w else None, "bmo_min": min(w, default=None), "bmo_max": max(w, default=None),
         "step_bmo_max": max(lam, default=None), "round_s": seconds,
     }
-    if judge is not None and samples:
-        row["refusal_share"] = sum(judge(ex.response, ex.prompt) for ex in samples) / len(samples)
+    texts = [(ex.response, ex.prompt) for ex in samples] + [(s["response"], s["prompt"]) for s in skipped
+                                                             if "response" in s]
+    if judge is not None and texts:  # every generated response counts, cut ones too
+        row["refusal_share"] = sum(judge(t, p) for t, p in texts) / len(texts)
     return row

@@ -142,7 +142,7 @@ def test_resumed_refinement_equals_uninterrupted(setup, tmp_path):
 
     def dies_in_round_two(text, prompt):
         calls["n"] += 1
-        if calls["n"] > 12:  # round 1 judges its 12 samples; round 2 dies before its checkpoint
+        if calls["n"] > 18:  # round 1 judges its 18 responses (6 cut); round 2 dies before its checkpoint
             raise KeyboardInterrupt
         return False
 
