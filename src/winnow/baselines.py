@@ -48,6 +48,9 @@ def fit_on(model: Any, data: EncodedSet, config: WeighConfig, *, pad_id: int, de
     batches = flat_batches(data.lengths, config.val_batch_size, seed=config.seed, group_by_length=False, start=0)
     for _ in range(max(1, config.steps_per_round)):
         _, idx = next(batches)
-        batch = to_device(collate([data.items[i] for i in idx], idx, pad_id), device)
-        weighted_step(model, opt, [(batch, torch.ones(len(idx), device=device))], params=params, max_grad_norm=0)
+        # micro-batches of batch_size: a whole-set validation batch costs the memory of a pool batch
+        chunks = [idx[s : s + config.batch_size] for s in range(0, len(idx), config.batch_size)]
+        micro = [(to_device(collate([data.items[i] for i in c], c, pad_id), device), torch.ones(len(c), device=device))
+                 for c in chunks]
+        weighted_step(model, opt, micro, params=params, max_grad_norm=0)
     return model

@@ -166,10 +166,13 @@ class WeighConfig(ModelOptions):
     baseline score: ``direct``, ``random``, ``length``, ``base_loss``, ``val_gain``."""
     weight_map: str = "softmax"
     """``softmax`` (``N·softmax(ω)``, mean weight 1) or ``sigmoid`` (``2·sigmoid(ω)``)."""
-    rounds: int = 30
-    """Rounds of training steps, each followed by a full-pool scoring pass and an ``ω`` step."""
-    steps_per_round: int = 4
-    """Model steps (lower then upper) per round."""
+    rounds: int = 1
+    """Rounds of training steps, each followed by a full-pool scoring pass and an ``ω`` step. On SmolLM2 +
+    LoRA later rounds ranked slightly worse than the first (φ drifts; benchmarks/RESULTS.md); the
+    synthetic regression needs ~30 rounds of 4 steps for its model to fit."""
+    steps_per_round: int = 1
+    """Model steps (lower then upper) per round. With one SGD step ``θ − φ`` is exactly the validation
+    pull, so the gap is a clean first-order influence score; more steps let the pool steps distort it."""
     resync: bool = True
     """``penalty``: start every round with ``θ := φ``, so the gap measures only that round's validation pull."""
     gamma: float = 10.0
@@ -180,8 +183,9 @@ class WeighConfig(ModelOptions):
     """``lite``: weight of the validation loss at the first round, decaying linearly to 0."""
     model_optimizer: str = "sgd"
     """Optimizer of both models: ``sgd`` (``θ − φ`` is then exactly the validation pull) or ``adam``."""
-    model_lr: float = 0.1
-    """Learning rate of both models."""
+    model_lr: float = 0.02
+    """Learning rate of both models (SmolLM2 + LoRA: 0.1 already bends the gap away from the first-order
+    influence, 1.0 diverges; a small linear model wants about 1/(its curvature), e.g. 0.1)."""
     omega_update: str = "natural"
     """``natural``: ``ω = −(running mean of the robust-standardised gap)/τ``, the closed-form optimum of the
     entropy-regularised objective; ``gradient``: ``omega_optimizer`` steps on that objective's plain gradient."""
@@ -198,8 +202,12 @@ class WeighConfig(ModelOptions):
     (by about ``exp(gain_cap/τ)``) and the weights cannot collapse onto a few examples."""
     batch_size: int = 8
     """Pool examples per step."""
-    val_batch_size: int = 8
-    """Validation examples per step (the validation set is cycled independently)."""
+    val_batch_size: int = 32
+    """Validation examples per step (the validation set is cycled independently); the whole set when it is
+    this small, so every round's validation pull is the same full-set gradient."""
+    score_reduction: str = "sum"
+    """``penalty``: rank by the gap in each example's sequence NLL (``sum``, the change in ``log π(y|x)``;
+    needs the pool's ``targets``) or in its token mean (``mean``)."""
     score_tokens: int = 0
     """Baseline scores use each example's first N response tokens only (0: all): what separates a
     refusal from a compliance sits at the start, and a mean over a long response washes it out."""
@@ -224,6 +232,7 @@ class WeighConfig(ModelOptions):
         _check(self.gain_cap >= 0, "gain_cap must be >= 0")
         _check(self.batch_size > 0 and self.val_batch_size > 0, "batch sizes must be > 0")
         _check(self.score_tokens >= 0, "score_tokens must be >= 0")
+        _check(self.score_reduction in ("sum", "mean"), "score_reduction must be 'sum' or 'mean'")
 
     def gamma_at(self, round_: int) -> float:
         """The penalty of a round (0-based), ramped linearly from ``gamma`` to ``gamma_end``."""

@@ -17,7 +17,7 @@ def demo_config(*, quick: bool = False, seeds: int = 1) -> RunConfig:
         return RunConfig(
             task="safety", pool_size=48, val_size=16, test_size=24, model="tiny", max_length=128,
             seeds=list(range(seeds)),
-            weigh={"rounds": 3, "steps_per_round": 4},
+            weigh={"rounds": 3, "steps_per_round": 4, "model_lr": 0.1},  # the tiny model: the synthetic recipe
             refine={"rounds": 1, "steps_per_round": 4, "samples_per_question": 2, "max_new_tokens": 16,
                     "model_lr": 1e-3},
             train={"max_steps": 40, "batch_size": 8, "lr": 2e-3, "save_every": 20},
@@ -26,7 +26,7 @@ def demo_config(*, quick: bool = False, seeds: int = 1) -> RunConfig:
     return RunConfig(
         task="safety", pool_size=96, val_size=32, test_size=48, model="smollm2-135m", max_length=128,
         model_options={"lora_r": 16, "lora_layers": 8}, seeds=list(range(seeds)),
-        weigh={"rounds": 4, "steps_per_round": 4},
+        weigh={},  # the measured default recipe (benchmarks/RESULTS.md): one round, one SGD step, sequence-sum gap
         refine={"rounds": 2, "steps_per_round": 6, "samples_per_question": 2, "max_new_tokens": 48},
         train={"max_steps": 24, "batch_size": 8, "lr": 3e-4, "save_every": 8},
         eval={"max_new_tokens": 32},

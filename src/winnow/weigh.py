@@ -34,6 +34,7 @@ class EncodedData:
     def __init__(self, enc: EncodedSet, pad_id: int, device: torch.device) -> None:
         self.enc, self.pad_id, self.device = enc, pad_id, device
         self.lengths = enc.lengths
+        self.targets = [e.n_targets for e in enc.items]  # response tokens: the sequence-sum score needs them
 
     def batch(self, index: Sequence[int]) -> dict[str, torch.Tensor]:
         return to_device(collate([self.enc.items[i] for i in index], list(index), self.pad_id), self.device)

@@ -81,7 +81,7 @@ def test_non_finite_losses_name_the_example_ids(tmp_path, pool_val, capsys):
     pool, val = pool_val
     # a learning rate this large blows the tiny model up within the first round
     code = main(["weigh", "--pool", str(pool), "--val", str(val), "--model", "tiny", "--out", str(tmp_path / "w"),
-                 "--model-lr", "1e6", "--rounds", "1", "--no-progress"])
+                 "--model-lr", "1e6", "--rounds", "1", "--steps-per-round", "4", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "non-finite" in err and "example ids ['p" in err
     assert not (tmp_path / "w" / "weights.jsonl").exists()

@@ -1,4 +1,4 @@
-"""BDS with its default recipe finds conflicting examples that direct mixing cannot undo.
+"""BDS with the synthetic recipe finds conflicting examples that direct mixing cannot undo.
 
 Linear regression, labels ``y = x·w`` for the clean pool and the validation set and ``y = −x·w``
 (the opposite task) for a fifth of the pool. The conflict is material by construction
@@ -49,6 +49,11 @@ def least_squares(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)
 
 
+SYNTHETIC = {"model_lr": 0.1, "steps_per_round": 4, "val_batch_size": 8, "rounds": 30}
+"""The recipe these tests pin (the defaults before the LLM study): a linear model from zero takes
+SGD steps of 0.1 and needs ~120 of them to fit; the defaults are set for SmolLM2 + LoRA."""
+
+
 def linear_from_zero(d: int) -> torch.nn.Linear:
     lin = torch.nn.Linear(d, 1, bias=False)
     torch.nn.init.zeros_(lin.weight)
@@ -61,10 +66,10 @@ def run(pool, val, config, module):
     return result, paired.models["upper"]
 
 
-def test_default_recipe_down_weights_every_conflicting_example_and_recovers_the_clean_fit():
+def test_synthetic_recipe_down_weights_every_conflicting_example_and_recovers_the_clean_fit():
     torch.manual_seed(0)
     pool, val, bad, w = conflicting_regression(seed=3)
-    result, upper = run(pool, val, WeighConfig(), linear_from_zero(5))
+    result, upper = run(pool, val, WeighConfig(**SYNTHETIC), linear_from_zero(5))
 
     p = result.weights / result.weights.mean()
     assert p[bad].max() < 0.1  # measured 6e-9 on this seed, at most 3e-3 over seeds 0-19
@@ -82,7 +87,7 @@ def test_over_parameterised_linear_model():
     example above 0.1×mean: ten points do not pin down a 20-dimensional fit)."""
     torch.manual_seed(0)
     pool, val, bad, w = conflicting_regression(seed=1, d=20, n_val=40)
-    config = WeighConfig(model_lr=0.025, steps_per_round=8)  # lr ~ 1/d for stable SGD
+    config = WeighConfig(**{**SYNTHETIC, "model_lr": 0.025, "steps_per_round": 8})  # lr ~ 1/d for stable SGD
     result, upper = run(pool, val, config, linear_from_zero(20))
 
     p = result.weights / result.weights.mean()
@@ -98,7 +103,7 @@ def test_lite_variant_still_separates_on_the_same_problem():
     """The SEAL-style baseline (one model, loss-based signal) keeps working as an option."""
     torch.manual_seed(0)
     pool, val, bad, w = conflicting_regression(seed=3)
-    result, _ = run(pool, val, WeighConfig(method="lite"), linear_from_zero(5))
+    result, _ = run(pool, val, WeighConfig(**SYNTHETIC, method="lite"), linear_from_zero(5))
     p = result.weights / result.weights.mean()
     assert p[bad].max() < 0.1
     assert result.scores.shape == (100,)

@@ -102,6 +102,21 @@ def test_natural_update_is_the_closed_form_bmo_weights_of_the_robust_score():
     assert torch.allclose(res.scores, z)
 
 
+def test_sum_reduction_scales_each_gap_by_its_target_count():
+    """``score_reduction="sum"``: the gap of the sequence NLL, ``targets_i`` times the token-mean gap."""
+    pool, val = regression()
+    pool.targets = [1 + i % 5 for i in range(40)]
+    counts = torch.tensor(pool.targets, dtype=torch.float)
+    for reduction, factor in (("sum", counts), ("mean", torch.ones(40))):
+        cfg = WeighConfig(rounds=1, steps_per_round=1, model_lr=0.05, omega_lr=1.0, gamma=5.0,
+                          score_reduction=reduction)
+        res = learn_weights(linear(), pool, val, cfg, progress=False)
+        z = robust_score(5.0 * (res.upper_losses - res.lower_losses) * factor, cfg.gain_cap)
+        assert torch.allclose(res.scores, z)
+    with pytest.raises(WinnowError, match="score_reduction"):
+        WeighConfig(score_reduction="max")
+
+
 def test_resync_makes_the_gap_measure_only_this_rounds_validation_pull():
     """SGD, one step per round: after round 2, ``θ − φ = −(lr/γ)·∇L_val(φ at the round's start)``."""
     pool, val = regression()

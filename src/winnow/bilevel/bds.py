@@ -14,6 +14,12 @@ heavy tail of the conflicting examples), the gain side softly capped, averaged o
 (bias-corrected EMA) and mapped to ``ω = −score/τ`` — the closed-form optimum of the
 entropy-regularised objective, i.e. the BMO weights of DESIGN §1.3 on the averaged score.
 Plain gradient steps on ``ω`` (Adam or SGD) either collapsed or did not separate.
+
+On SmolLM2-135M + LoRA the defaults are one SGD step of 0.02 per round on the whole validation
+set, with the gap taken on each example's sequence NLL: then ``θ − φ`` is exactly the validation
+pull and each round's gap equals the first-order influence ``−(lr/γ)⟨∇l_i, ∇L_val⟩``, checked
+against explicit per-example LoRA gradients (AUROC 0.85 on the ``safety`` task, against 0.53
+for four steps of 0.1, where the pool steps' curvature damps and bends the pull).
 """
 
 from __future__ import annotations
@@ -58,7 +64,11 @@ class PairedModel(Protocol):
 
 
 class Indexed(Protocol):
-    """A data set that builds batches from example positions."""
+    """A data set that builds batches from example positions.
+
+    A pool may also carry ``targets: Sequence[int]``, the number of loss terms (response tokens)
+    of each example; with ``score_reduction="sum"`` the gap is then that of the sequence NLL.
+    """
 
     lengths: Sequence[int]
 
@@ -149,6 +159,7 @@ def learn_weights(
     opts = {w: make(model.params(w)) for w in roles}
     result = BDSResult(torch.ones(n), omega.detach().clone(), torch.zeros(n), torch.zeros(n))
     resync = config.resync and not lite
+    counts = _score_counts(pool, config)  # (N,): token mean → sequence sum
 
     # --- resume -----------------------------------------------------------------------------
     start = 0
@@ -184,23 +195,24 @@ def learn_weights(
         for _ in range(config.steps_per_round):
             _, idx = next(pool_batches)
             _, vidx = next(val_batches)
-            batch, vbatch = pool.batch(idx), val.batch(vidx)
+            batch = pool.batch(idx)
             p = weights_from_logits(omega.detach(), config.weight_map)[idx]  # (B,) sg(p)
             if not lite:
                 _sgd_step(opts["lower"], (p * model.losses("lower", batch)).mean())
-            lv = model.losses("upper", vbatch).mean()
-            pool_term = (p * model.losses("upper", batch)).mean()
             # (L_val + γ·pool)/γ: same minimiser, and with SGD at φ's step size θ − φ is exactly
             # the validation pull, so the gap below is a first-order influence score
-            upper = lam * lv + (1 - lam) * pool_term if lite else lv / gamma + pool_term
-            _sgd_step(opts["upper"], upper)
-            val_loss = float(lv.detach())
+            val_share, pool_share = (lam, 1 - lam) if lite else (1 / gamma, 1.0)
+            opts["upper"].zero_grad(set_to_none=True)
+            (pool_share * (p * model.losses("upper", batch)).mean()).backward()
+            val_loss = _accumulate_val(model, val, vidx, val_share, config.batch_size)
+            opts["upper"].step()
         # --- scoring pass and omega step ------------------------------------------------------
         scores = score_pool(model, pool, config.batch_size, roles)
         _check_finite(scores)
-        signal = scores["upper"] if lite else gamma * (scores["upper"] - scores["lower"])
+        signal = scores["upper"] if lite else gamma * (scores["upper"] - scores["lower"]) * counts
         if natural:
-            loss_scale = float(scores["upper"].abs().mean()) if lite else gamma * float(scores["lower"].abs().mean())
+            loss_scale = (float(scores["upper"].abs().mean()) if lite
+                          else gamma * float((scores["lower"] * counts).abs().mean()))
             z = robust_score(signal, config.gain_cap, floor=RESOLUTION * loss_scale)
             # bias-corrected EMA: round 1 takes its score whole, later rounds average noise out
             rate = config.omega_lr / (1 - (1 - config.omega_lr) ** (r + 1))
@@ -239,6 +251,18 @@ def learn_weights(
     return result
 
 
+def _score_counts(pool: Indexed, config: WeighConfig) -> torch.Tensor:
+    """Per-example factor that turns a token-mean gap into a sequence-sum gap (ones for ``mean``)."""
+    n = len(pool.lengths)
+    targets = getattr(pool, "targets", None)
+    if config.score_reduction == "mean" or config.method == "lite":
+        return torch.ones(n)
+    if targets is None:  # e.g. one loss term per example (regression): sum and mean agree
+        log.debug("the pool carries no per-example target counts; the gap is the token mean")
+        return torch.ones(n)
+    return torch.tensor([float(t) for t in targets]).clamp_min(1.0)
+
+
 @torch.no_grad()
 def _sync_upper(model: PairedModel, opts: dict[str, torch.optim.Optimizer]) -> None:
     """``θ := φ``, optimizer state included (Adam's moments would otherwise make the gap)."""
@@ -262,6 +286,18 @@ def _gradient_step(omega: torch.Tensor, opt: torch.optim.Optimizer, signal: torc
     obj = (p_all * signal).mean() + (config.tau * entropy_term(p_all) if config.tau else 0.0)
     obj.backward()
     opt.step()
+
+
+def _accumulate_val(model: PairedModel, val: Indexed, vidx: Sequence[int], share: float, chunk: int) -> float:
+    """Add ``share·∇ mean_{j∈vidx} l_j(θ)`` to the upper model's gradients in chunks of ``chunk`` examples
+    (a whole-set validation batch then costs the memory of a pool batch); returns that mean loss."""
+    total = 0.0
+    for s in range(0, len(vidx), chunk):
+        part = list(vidx[s : s + chunk])
+        loss = model.losses("upper", val.batch(part)).sum() / len(vidx)
+        (share * loss).backward()
+        total += float(loss.detach())
+    return total
 
 
 def _sgd_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
