@@ -46,7 +46,8 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
     config = RefineConfig(model=args.model, max_length=128, lora_layers=args.lora_layers,
                           keep_top=1 - len(bad) / len(task.pool), rounds=args.rounds,
                           samples_per_question=args.samples, max_new_tokens=args.max_new_tokens,
-                          steps_per_round=args.steps, temperature=0.8, model_lr=args.lr, gamma=args.gamma)
+                          steps_per_round=args.steps, temperature=args.temperature, model_lr=args.lr, gamma=args.gamma,
+                          bmo_reduction=args.bmo_reduction)
     t0 = time.perf_counter()
     refine(task.pool, task.val, weights, config, out, judge=lambda t, p: is_refusal(t, prompt=p))
     wall = time.perf_counter() - t0
@@ -57,7 +58,7 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
         samples = [ex for ex in (read_examples(path) if path.stat().st_size else []) if ex.parent_id in bad_ids]
         refused = [is_refusal(ex.response, prompt=ex.prompt) for ex in samples]
         skipped = [s for s in read_jsonl(out / "rounds" / f"skipped-{r}.jsonl") if s["parent_id"] in bad_ids]
-        refused_cut = [is_refusal(s["response"], prompt=s["prompt"]) for s in skipped]
+        refused_cut = [is_refusal(s.get("response", ""), prompt=s.get("prompt")) for s in skipped]
         generated = len(samples) + len(skipped)
         rows.append({
             "round": r, "generated": generated, "trained_on": len(samples),
@@ -132,7 +133,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"Machine: {platform.machine()}, {args.threads} CPU threads, fp32; commit {commit}; "
         f"`python benchmarks/bench_refine.py --rounds {args.rounds} --samples {args.samples} --pool {args.pool} "
         f"--steps {args.steps} --lr {args.lr} --gamma {args.gamma} "
-        f"--max-new-tokens {args.max_new_tokens}`; model {args.model} + LoRA (last {args.lora_layers} layers); "
+        f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
+        f"--bmo-reduction {args.bmo_reduction}`; model {args.model} + LoRA (last {args.lora_layers} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
         "| round | generated | trained on | judge refusals (of generated) | (of trained on) | BMO AUROC "
@@ -157,6 +159,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--gamma", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--bmo-reduction", default="sum")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--pool", type=int, default=96)
     ap.add_argument("--lora-layers", type=int, default=8)

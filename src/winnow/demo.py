@@ -27,7 +27,8 @@ def demo_config(*, quick: bool = False, seeds: int = 1) -> RunConfig:
         task="safety", pool_size=96, val_size=32, test_size=48, model="smollm2-135m", max_length=128,
         model_options={"lora_r": 16, "lora_layers": 8}, seeds=list(range(seeds)),
         weigh={},  # the measured default recipe (benchmarks/RESULTS.md): one round, one SGD step, sequence-sum gap
-        refine={"rounds": 2, "steps_per_round": 6, "samples_per_question": 2, "max_new_tokens": 48},
+        refine={"rounds": 2, "steps_per_round": 6, "samples_per_question": 2, "max_new_tokens": 48,
+                "model_lr": 2e-3, "gamma": 0.5},
         train={"max_steps": 24, "batch_size": 8, "lr": 3e-4, "save_every": 8},
         eval={"max_new_tokens": 32},
     )
