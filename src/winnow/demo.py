@@ -29,6 +29,6 @@ def demo_config(*, quick: bool = False, seeds: int = 1) -> RunConfig:
         weigh={},  # the measured default recipe (benchmarks/RESULTS.md): one round, one SGD step, sequence-sum gap
         refine={"rounds": 2, "steps_per_round": 6, "samples_per_question": 2, "max_new_tokens": 48,
                 "model_lr": 2e-3, "gamma": 0.5},
-        train={"max_steps": 24, "batch_size": 8, "lr": 3e-4, "save_every": 8},
+        train={"max_steps": 40, "batch_size": 8, "lr": 2e-3, "save_every": 10},
         eval={"max_new_tokens": 32},
     )
