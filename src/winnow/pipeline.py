@@ -52,9 +52,18 @@ def run_pipeline(config: RunConfig, out: str | Path, *, progress: bool = True) -
     data = prepare_data(config, out / "task")
     plan = _plan(config, data, out, progress)
     log.info("run %s: %d stages (%s)", out, len(plan), ", ".join(name for name, _ in plan))
+    n_arms = sum(name not in ("weigh", "select", "refine") for name, _ in plan)
+    arm_times: list[float] = []
     for k, (name, stage) in enumerate(plan, 1):
-        log.info("stage %d/%d: %s (%.1f min so far)", k, len(plan), name, (time.perf_counter() - t0) / 60)
+        left = ""
+        if arm_times:  # arms cost about the same each: extrapolate from the finished ones
+            remaining = min(n_arms, len(plan) - k + 1)  # the arms come last in the plan
+            left = f", about {statistics.fmean(arm_times) * remaining / 60:.1f} min left"
+        log.info("stage %d/%d: %s (%.1f min so far%s)", k, len(plan), name, (time.perf_counter() - t0) / 60, left)
+        t_stage = time.perf_counter()
         stage()
+        if name not in ("weigh", "select", "refine") and time.perf_counter() - t_stage > 1.0:  # not a resumed no-op
+            arm_times.append(time.perf_counter() - t_stage)
     summary = summarise(config, out, data, wall_s=time.perf_counter() - t0)
     from winnow.report import write_report
 
