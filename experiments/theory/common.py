@@ -271,3 +271,19 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def script_main(run: Any, description: str, quick_help: str, tables: Sequence[str] = ("rows",)) -> None:
+    """The command line every experiment shares: ``[--quick] [--out DIR]``, 1 thread, rows printed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead
+    result = run(quick=args.quick, out_dir=None if args.quick else args.out)
+    for row in (r for t in tables for r in result[t]):
+        print({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+    print(f"wall {result['wall_s']:.1f} s")
+

@@ -20,7 +20,6 @@ mean squared target.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,7 +28,6 @@ from pathlib import Path
 import torch
 
 from experiments.theory.common import (
-    RESULTS,
     Task,
     environment,
     linear_from_zero,
@@ -38,6 +36,7 @@ from experiments.theory.common import (
     pyplot,
     recipe,
     run_bds,
+    script_main,
     useless_mass,
     weighted_least_squares,
     write_results,
@@ -175,15 +174,7 @@ def report(result: dict, out_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, print only")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead
-    result = run(quick=args.quick, out_dir=None if args.quick else args.out)
-    for row in result["rows"]:
-        print({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-    print(f"wall {result['wall_s']:.1f} s")
+    script_main(run, __doc__.split("\n")[0], "one seed, print only")
 
 
 if __name__ == "__main__":

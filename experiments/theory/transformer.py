@@ -24,7 +24,6 @@ mask (both normalised to mean 1).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Sequence
@@ -33,7 +32,6 @@ from pathlib import Path
 import torch
 
 from experiments.theory.common import (
-    RESULTS,
     OneLayerAttention,
     Task,
     attention_task,
@@ -42,6 +40,7 @@ from experiments.theory.common import (
     mean_loss,
     pyplot,
     recipe,
+    script_main,
     squared_error,
     useless_mass,
     write_results,
@@ -207,15 +206,7 @@ def report(result: dict, out_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 inits, 80 rounds, print only")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead
-    result = run(quick=args.quick, out_dir=None if args.quick else args.out)
-    for row in result["rows"]:
-        print({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-    print(f"wall {result['wall_s']:.1f} s")
+    script_main(run, __doc__.split("\n")[0], "5 inits, 80 rounds, print only")
 
 
 if __name__ == "__main__":
