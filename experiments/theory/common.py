@@ -73,14 +73,7 @@ def linear_task(seed: int, *, n: int = 100, d: int = 20, n_val: int = 10, share:
     The useful examples (and the validation set) are fit exactly by ``w``; a flipped example is fit
     by no model that is optimal on validation once the clean data pins ``w`` down.
     """
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, generator=g)
-
-    def sample(k, gen):
-        return torch.randn(k, d, generator=gen)
-
-    def teacher(x):
-        return x @ w
+    g, w, sample, teacher = _linear_teacher(seed, d)
 
     n_bad = int(share * n)
     x = torch.cat([_material_inputs(sample, teacher, n_bad, g, 0.5 * float(w.norm())), sample(n - n_bad, g)])
@@ -91,10 +84,8 @@ def linear_task(seed: int, *, n: int = 100, d: int = 20, n_val: int = 10, share:
     return Task(Tensors(x, y), Tensors(xv, teacher(xv)), Tensors(xt, teacher(xt)), bad, float(w.norm() ** 2))
 
 
-def grouped_linear_task(seed: int, *, questions: int = 300, d: int = 10, n_val: int = 20,
-                        share: float = 0.4) -> Task:
-    """Two responses per question (input): both ``x·w``, or, for a ``share`` of the questions, one
-    ``x·w`` and one ``−x·w``. The BMO setting: several responses per question, some of them bad."""
+def _linear_teacher(seed: int, d: int):
+    """(generator, teacher weights, input sampler, teacher) of a linear task."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d, generator=g)
 
@@ -103,6 +94,15 @@ def grouped_linear_task(seed: int, *, questions: int = 300, d: int = 10, n_val: 
 
     def teacher(x):
         return x @ w
+
+    return g, w, sample, teacher
+
+
+def grouped_linear_task(seed: int, *, questions: int = 300, d: int = 10, n_val: int = 20,
+                        share: float = 0.4) -> Task:
+    """Two responses per question (input): both ``x·w``, or, for a ``share`` of the questions, one
+    ``x·w`` and one ``−x·w``. The BMO setting: several responses per question, some of them bad."""
+    g, w, sample, teacher = _linear_teacher(seed, d)
 
     n_bad = int(share * questions)
     xq = torch.cat([_material_inputs(sample, teacher, n_bad, g, 0.5 * float(w.norm())),
