@@ -47,7 +47,8 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
                           keep_top=1 - len(bad) / len(task.pool), rounds=args.rounds,
                           samples_per_question=args.samples, max_new_tokens=args.max_new_tokens,
                           steps_per_round=args.steps, temperature=args.temperature, model_lr=args.lr, gamma=args.gamma,
-                          bmo_reduction=args.bmo_reduction, bmo_scope=args.bmo_scope)
+                          bmo_reduction=args.bmo_reduction, bmo_scope=args.bmo_scope,
+                          bmo_tau=args.bmo_tau)
     t0 = time.perf_counter()
     refine(task.pool, task.val, weights, config, out, judge=lambda t, p: is_refusal(t, prompt=p))
     wall = time.perf_counter() - t0
@@ -134,7 +135,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"`python benchmarks/bench_refine.py --rounds {args.rounds} --samples {args.samples} --pool {args.pool} "
         f"--steps {args.steps} --lr {args.lr} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
-        f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope}`;"
+        f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau}`;"
         f" model {args.model} + LoRA (last {args.lora_layers} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
@@ -163,6 +164,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--bmo-reduction", default="sum")
     ap.add_argument("--bmo-scope", default="question")
+    ap.add_argument("--bmo-tau", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--pool", type=int, default=96)
     ap.add_argument("--lora-layers", type=int, default=8)
