@@ -12,7 +12,6 @@ generates ``G`` responses per chosen question with the upper model ``θ``, then 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import shutil
 import time
@@ -25,17 +24,17 @@ import torch
 from tqdm.auto import tqdm
 
 from winnow import models
-from winnow.bilevel import bmo_weights, scope_groups
+from winnow.bilevel import bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig, save_yaml
 from winnow.data import Example, collate
-from winnow.data.formatting import Encoded
 from winnow.data.writers import write_examples
 from winnow.errors import WinnowError
 from winnow.generation.base import Generator, SamplingParams
 from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
-from winnow.losses import IGNORE_INDEX, clipped_ratio, sequence_nll
+from winnow.losses import clipped_ratio, sequence_nll
 from winnow.manifest import DONE, is_done, run_info
+from winnow.online import encode_online, online_batch, question_batches
 from winnow.paired import ROLES, Paired, TwoAdapters, autocast_for, make_pair
 from winnow.prepare import encode_for_training, prepare_model
 from winnow.step import batch_token_logprobs, flat_batches, to_device
@@ -108,34 +107,6 @@ def generate_round(
 def _why(reason: str) -> str:
     return {"length": "hit max_new_tokens", "empty": "empty response", "too_long": "prompt longer than the context",
             "stop": "empty response"}.get(reason, reason)
-
-
-def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
-    """The sampler's log-prob of each target token of ``enc`` (NaN where unknown).
-
-    Re-encoding the text need not give back the generated tokens; where the target tokens
-    start with exactly the generated ones their log-probs are used, else the example gets
-    no correction (all NaN).
-
-    >>> e = Encoded([1, 5, 6, 7], [IGNORE_INDEX, 5, 6, 7])
-    >>> sampler_logprobs(e, [5, 6], [-0.5, -0.25])
-    [-0.5, -0.25, nan]
-    """
-    targets = [t for t in enc.labels if t != IGNORE_INDEX]
-    n = len(token_ids)
-    if n and targets[:n] == list(token_ids):
-        return list(logprobs) + [math.nan] * (len(targets) - n)
-    return [math.nan] * len(targets)
-
-
-def _batch_sampler(items: Sequence[Encoded], lps: Sequence[list[float]], device: torch.device) -> torch.Tensor:
-    """Sampler log-probs scattered onto the shifted target positions: ``(B, T-1)``, NaN elsewhere."""
-    width = max(len(e) for e in items)
-    out = torch.full((len(items), width - 1), math.nan)
-    for b, (e, lp) in enumerate(zip(items, lps, strict=True)):
-        pos = [t - 1 for t, lab in enumerate(e.labels) if lab != IGNORE_INDEX]
-        out[b, pos] = torch.tensor(lp, dtype=out.dtype)
-    return out.to(device)
 
 
 def refine(
@@ -239,9 +210,9 @@ def refine(
                 gen = make_gen(pair.module("upper"), tokenizer)
                 samples, skipped = generate_round(gen, questions, config, r)
                 skipped_all += skipped
-                online = _encode_online(tokenizer, samples, config)
+                online = encode_online(tokenizer, samples, config)
                 skipped_all += online["dropped"]
-                online_batches = _question_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
+                online_batches = question_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
             _, vidx = next(val_batches)
@@ -250,7 +221,7 @@ def refine(
                         kept=(to_device(collate([kept_enc.items[i] for i in kidx], kidx, pad), device),
                               kept_p[kidx].to(device)),
                         val=to_device(collate([val_enc.items[i] for i in vidx], vidx, pad), device),
-                        online=_online_batch(online, oidx, pad, device) if oidx else None)
+                        online=online_batch(online, oidx, pad, device) if oidx else None)
             lam_seen += lam
 
         # --- end of round: final weights of this round's samples, validation loss, metrics ------
@@ -295,40 +266,6 @@ def _hf_generator(model: Any, tokenizer: Any) -> Generator:
     from winnow.generation.hf import HFGenerator
 
     return HFGenerator(model, tokenizer, device=next(model.parameters()).device)
-
-
-def _encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig) -> dict[str, Any]:
-    """Encode regenerated pairs with the sampler's log-probs aligned to their targets."""
-    enc = encode_for_training(tokenizer, samples, config)
-    examples = [samples[i] for i in enc.index]
-    lps = [sampler_logprobs(e, *ex.metadata["_sampler"]) for e, ex in zip(enc.items, examples, strict=True)]
-    groups = scope_groups([ex.parent_id or ex.id for ex in examples], "question") or []
-    by_id = {ex.id: ex for ex in samples}
-    dropped = [{"parent_id": by_id[i].parent_id, "id": i, "round": by_id[i].metadata["round"], "reason": why}
-               for i, why in enc.dropped]
-    return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups, "dropped": dropped}
-
-
-def _question_batches(online: dict[str, Any], config: RefineConfig, seed: int):
-    """Endless batches of whole questions (all ``G`` responses together), about ``online_batch_size`` each."""
-    by_q: dict[int, list[int]] = {}
-    for j, g in enumerate(online["groups"]):
-        by_q.setdefault(g, []).append(j)
-    per = max(1, config.online_batch_size // config.samples_per_question)
-    rng = random.Random(seed)
-    while by_q:
-        keys = sorted(by_q)
-        rng.shuffle(keys)
-        for s in range(0, len(keys), per):
-            yield [j for k in keys[s : s + per] for j in by_q[k]]
-
-
-def _online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch.device) -> dict[str, Any]:
-    items = [online["items"][j] for j in idx]
-    batch = to_device(collate(items, idx, pad), device)
-    batch["sampler"] = _batch_sampler(items, [online["sampler"][j] for j in idx], device)
-    batch["groups"] = [online["groups"][j] for j in idx]
-    return batch
 
 
 def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineConfig, autocast: Any, *,

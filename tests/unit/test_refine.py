@@ -13,7 +13,8 @@ from winnow.data import Example, collate, read_examples
 from winnow.data.formatting import encode
 from winnow.generation.base import Completion, SamplingParams
 from winnow.losses import clipped_ratio, sequence_nll, shift, token_logprobs
-from winnow.refine import choose_questions, refine, sampler_logprobs
+from winnow.online import sampler_logprobs
+from winnow.refine import choose_questions, refine
 from winnow.step import batch_token_logprobs
 
 REFUSAL = "I can't help with that."

@@ -1,0 +1,81 @@
+"""Regenerated responses as training data: encoding with the sampler's log-probs aligned to the
+targets, and batches of whole questions (all ``G`` responses of a question together)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from winnow.bilevel import scope_groups
+from winnow.config import RefineConfig
+from winnow.data import Example, collate
+from winnow.data.formatting import Encoded
+from winnow.losses import IGNORE_INDEX
+from winnow.prepare import encode_for_training
+from winnow.step import to_device
+
+
+def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
+    """The sampler's log-prob of each target token of ``enc`` (NaN where unknown).
+
+    Re-encoding the text need not give back the generated tokens; where the target tokens
+    start with exactly the generated ones their log-probs are used, else the example gets
+    no correction (all NaN).
+
+    >>> e = Encoded([1, 5, 6, 7], [IGNORE_INDEX, 5, 6, 7])
+    >>> sampler_logprobs(e, [5, 6], [-0.5, -0.25])
+    [-0.5, -0.25, nan]
+    """
+    targets = [t for t in enc.labels if t != IGNORE_INDEX]
+    n = len(token_ids)
+    if n and targets[:n] == list(token_ids):
+        return list(logprobs) + [math.nan] * (len(targets) - n)
+    return [math.nan] * len(targets)
+
+
+def batch_sampler(items: Sequence[Encoded], lps: Sequence[list[float]], device: torch.device) -> torch.Tensor:
+    """Sampler log-probs scattered onto the shifted target positions: ``(B, T-1)``, NaN elsewhere."""
+    width = max(len(e) for e in items)
+    out = torch.full((len(items), width - 1), math.nan)
+    for b, (e, lp) in enumerate(zip(items, lps, strict=True)):
+        pos = [t - 1 for t, lab in enumerate(e.labels) if lab != IGNORE_INDEX]
+        out[b, pos] = torch.tensor(lp, dtype=out.dtype)
+    return out.to(device)
+
+
+def encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig) -> dict[str, Any]:
+    """Encode regenerated pairs with the sampler's log-probs aligned to their targets."""
+    enc = encode_for_training(tokenizer, samples, config)
+    examples = [samples[i] for i in enc.index]
+    lps = [sampler_logprobs(e, *ex.metadata["_sampler"]) for e, ex in zip(enc.items, examples, strict=True)]
+    groups = scope_groups([ex.parent_id or ex.id for ex in examples], "question") or []
+    by_id = {ex.id: ex for ex in samples}
+    dropped = [{"parent_id": by_id[i].parent_id, "id": i, "round": by_id[i].metadata["round"], "reason": why}
+               for i, why in enc.dropped]
+    return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups, "dropped": dropped}
+
+
+def question_batches(online: dict[str, Any], config: RefineConfig, seed: int):
+    """Endless batches of whole questions (all ``G`` responses together), about ``online_batch_size`` each."""
+    by_q: dict[int, list[int]] = {}
+    for j, g in enumerate(online["groups"]):
+        by_q.setdefault(g, []).append(j)
+    per = max(1, config.online_batch_size // config.samples_per_question)
+    rng = random.Random(seed)
+    while by_q:
+        keys = sorted(by_q)
+        rng.shuffle(keys)
+        for s in range(0, len(keys), per):
+            yield [j for k in keys[s : s + per] for j in by_q[k]]
+
+
+def online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch.device) -> dict[str, Any]:
+    items = [online["items"][j] for j in idx]
+    batch = to_device(collate(items, idx, pad), device)
+    batch["sampler"] = batch_sampler(items, [online["sampler"][j] for j in idx], device)
+    batch["groups"] = [online["groups"][j] for j in idx]
+    return batch
