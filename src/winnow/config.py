@@ -280,7 +280,9 @@ class RefineConfig(ModelOptions):
     bmo_tau: float = 1.0
     """BMO temperature ``τ``."""
     bmo_scope: str = "question"
-    """BMO normalisation: ``question`` (mean 1 over each question's responses) or ``batch``."""
+    """BMO normalisation: ``question`` (mean 1 over each question's responses), ``batch`` (over the
+    step's online batch) or ``round`` (over every response of the round: fresh losses for the step's
+    batch, the last known ones for the rest, seeded by one scoring pass after each generation)."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0
@@ -297,7 +299,7 @@ class RefineConfig(ModelOptions):
         _check(self.regenerate_every >= 0, "regenerate_every must be >= 0")
         _check(min(self.batch_size, self.online_batch_size, self.val_batch_size) > 0, "batch sizes must be > 0")
         _check(self.model_lr > 0 and self.gamma > 0 and self.bmo_tau > 0, "model_lr, gamma, bmo_tau must be > 0")
-        _check(self.bmo_scope in ("question", "batch"), "bmo_scope must be 'question' or 'batch'")
+        _check(self.bmo_scope in ("question", "batch", "round"), "bmo_scope must be 'question', 'batch' or 'round'")
         _check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
 

@@ -1,5 +1,5 @@
 """Regenerated responses as training data: encoding with the sampler's log-probs aligned to the
-targets, and batches of whole questions (all ``G`` responses of a question together)."""
+targets, and the endless batches the refinement steps draw from."""
 
 from __future__ import annotations
 
@@ -59,8 +59,20 @@ def encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig) 
     return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups, "dropped": dropped}
 
 
-def question_batches(online: dict[str, Any], config: RefineConfig, seed: int):
-    """Endless batches of whole questions (all ``G`` responses together), about ``online_batch_size`` each."""
+def online_batches(online: dict[str, Any], config: RefineConfig, seed: int):
+    """Endless batches of about ``online_batch_size`` regenerated responses.
+
+    With the ``question`` BMO scope a batch holds whole questions (all ``G`` responses together,
+    so each is normalised over its own group); otherwise responses are shuffled across questions,
+    so a batch is a fair sample of the round rather than a few questions' answers.
+    """
+    if config.bmo_scope != "question":
+        rng = random.Random(seed)
+        order = list(range(len(online["items"])))
+        while order:
+            rng.shuffle(order)
+            for s in range(0, len(order), config.online_batch_size):
+                yield order[s : s + config.online_batch_size]
     by_q: dict[int, list[int]] = {}
     for j, g in enumerate(online["groups"]):
         by_q.setdefault(g, []).append(j)
@@ -78,4 +90,6 @@ def online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch
     batch = to_device(collate(items, idx, pad), device)
     batch["sampler"] = batch_sampler(items, [online["sampler"][j] for j in idx], device)
     batch["groups"] = [online["groups"][j] for j in idx]
+    if "known" in online:  # the round's last known losses (``round`` BMO scope), updated in place by the step
+        batch["known"] = online["known"]
     return batch

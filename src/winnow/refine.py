@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from winnow import models
-from winnow.bilevel import bmo_weights
+from winnow.bilevel import bmo_weights, round_bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig, save_yaml
 from winnow.data import Example, collate
@@ -34,7 +34,7 @@ from winnow.generation.base import Generator, SamplingParams
 from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
 from winnow.losses import clipped_ratio, sequence_nll
 from winnow.manifest import DONE, is_done, run_info
-from winnow.online import encode_online, online_batch, question_batches
+from winnow.online import encode_online, online_batch, online_batches
 from winnow.paired import ROLES, Paired, TwoAdapters, autocast_for, make_pair
 from winnow.prepare import encode_for_training, prepare_model
 from winnow.step import batch_token_logprobs, flat_batches, to_device
@@ -212,11 +212,13 @@ def refine(
                 skipped_all += skipped
                 online = encode_online(tokenizer, samples, config)
                 skipped_all += online["dropped"]
-                online_batches = question_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
+                batches = online_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
+                if config.bmo_scope == "round":  # every response's losses, so the first steps normalise over all
+                    online["known"] = _online_losses(pair, online, config, pad, device, autocast)
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
             _, vidx = next(val_batches)
-            oidx = next(online_batches) if online["items"] else []
+            oidx = next(batches) if online["items"] else []
             lam = _step(pair, opts, config, autocast,
                         kept=(to_device(collate([kept_enc.items[i] for i in kidx], kidx, pad), device),
                               kept_p[kidx].to(device)),
@@ -289,12 +291,16 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
         losses[w] = {"kept": sequence_nll(lp_k, mk), "lp_o": lp_o, "mask_o": mk_o, "val": lv}
     lam = torch.zeros(0)
     if online is not None:
-        up, lo = losses["upper"], losses["lower"]
         red = config.bmo_reduction
-        lam = bmo_weights(sequence_nll(up["lp_o"].detach(), up["mask_o"], red),
-                          sequence_nll(lo["lp_o"].detach(), lo["mask_o"], red), tau=config.bmo_tau,
-                          groups=online["groups"] if config.bmo_scope == "question" else None)
-        ratio = (clipped_ratio(up["lp_o"], online["sampler"], config.importance_clip)
+        fresh = {w: sequence_nll(losses[w]["lp_o"].detach(), losses[w]["mask_o"], red) for w in ROLES}
+        if config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
+            known = online["known"]
+            lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
+                                    fresh["upper"].float().cpu(), fresh["lower"].float().cpu(), tau=config.bmo_tau)
+        else:
+            lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau,
+                              groups=online["groups"] if config.bmo_scope == "question" else None)
+        ratio = (clipped_ratio(losses["upper"]["lp_o"], online["sampler"], config.importance_clip)
                  if config.importance_clip else None)
     n = kb["input_ids"].shape[0] + (len(lam) if online is not None else 0)
     for w in ROLES:  # θ first: backward needs the active adapter to be the one it differentiates
@@ -315,9 +321,18 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
 def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
                autocast: Any) -> torch.Tensor:
     """BMO weights of all this round's samples under the final ``θ``, ``φ`` (one pass per round, for the output)."""
-    n = len(online["items"])
-    if not n:
+    if not online["items"]:
         return torch.zeros(0)
+    seq = _online_losses(pair, online, config, pad, device, autocast)
+    groups = online["groups"] if config.bmo_scope == "question" else None
+    return bmo_weights(seq["upper"], seq["lower"], tau=config.bmo_tau, groups=groups)
+
+
+@torch.no_grad()
+def _online_losses(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
+                   autocast: Any) -> dict[str, torch.Tensor]:
+    """NLL (``bmo_reduction``) of every regenerated response under ``θ`` and ``φ``: ``{role: (K,)}``."""
+    n = len(online["items"])
     seq = {}
     for w in ROLES:
         m, vals = pair.module(w), torch.empty(n)
@@ -328,8 +343,7 @@ def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: 
                 lp, mk = batch_token_logprobs(m, batch)
             vals[idx] = sequence_nll(lp, mk, config.bmo_reduction).float().cpu()
         seq[w] = vals
-    groups = online["groups"] if config.bmo_scope == "question" else None
-    return bmo_weights(seq["upper"], seq["lower"], tau=config.bmo_tau, groups=groups)
+    return seq
 
 
 @torch.no_grad()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from winnow.bilevel import bmo_weights, entropy_term, scope_groups, weights_from_logits
+from winnow.bilevel import bmo_weights, entropy_term, round_bmo_weights, scope_groups, weights_from_logits
 
 
 def test_bmo_is_the_optimum_of_entropy_regularised_bds():
@@ -69,3 +70,21 @@ def test_per_question_scope_normalises_within_each_question():
 def test_large_tau_flattens():
     w = bmo_weights(torch.tensor([0.0, 5.0]), torch.zeros(2), tau=1e6)
     assert torch.allclose(w, torch.ones(2), atol=1e-5)
+
+
+def test_round_scope_normalises_a_batch_over_the_whole_round_and_keeps_the_latest_losses():
+    torch.manual_seed(0)
+    up, lo = torch.randn(12) * 3, torch.randn(12) * 3
+    idx = torch.tensor([7, 2, 9])
+    fresh_up, fresh_lo = up[idx] + 1.0, lo[idx]  # θ likes these three less than it did
+    w = round_bmo_weights(up, lo, idx, fresh_up, fresh_lo, tau=2.0)
+    assert torch.equal(up[idx], fresh_up)  # the round's record now holds the fresh losses
+    assert torch.allclose(w, bmo_weights(up, lo, tau=2.0)[idx])
+    # the same batch alone would be forced to mean 1; over the round it is not
+    assert float(bmo_weights(fresh_up, fresh_lo, tau=2.0).mean()) == pytest.approx(1.0)
+    assert float(w.mean()) != pytest.approx(1.0, abs=0.05)
+    # a batch of the round's worst responses weighs less than the best
+    gap = up - lo
+    worst, best = torch.argsort(gap)[-3:], torch.argsort(gap)[:3]
+    assert float(round_bmo_weights(up, lo, worst, up[worst], lo[worst]).max()) < float(
+        round_bmo_weights(up, lo, best, up[best], lo[best]).min())

@@ -192,3 +192,26 @@ def test_the_library_fake_generator_drives_a_round_and_bmo_favours_what_theta_pr
         by_text: dict[str, float] = {}
         for e in group:
             assert by_text.setdefault(e.response, e.weight) == pytest.approx(e.weight, abs=1e-6)
+
+
+def test_round_scope_weighs_the_round_as_one_set_with_no_extra_forward_per_step(setup, tmp_path, monkeypatch):
+    import winnow.refine as refine_mod
+
+    pool, val, weights = setup
+    scoring = {"n": 0}
+    real = refine_mod._online_losses
+
+    def counted(*args, **kw):
+        scoring["n"] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(refine_mod, "_online_losses", counted)
+    res = refine(pool, val, weights, _config(bmo_scope="round", online_batch_size=4, gamma=0.5), tmp_path / "r",
+                 generator_for=lambda model, tok: StandIn(tok), progress=False)
+    regen = [e for e in res.examples if e.source == "regenerated"]
+    assert sum(e.weight for e in regen) / len(regen) == pytest.approx(1.0, abs=1e-5)  # mean 1 over the round
+    per_q = [sum(e.weight for e in regen if e.parent_id == p) / 2 for p in {e.parent_id for e in regen}]
+    assert max(abs(m - 1) for m in per_q) > 1e-3  # ... not within each question
+    # one scoring pass after each generation and one for the output, per round; none inside the steps
+    assert scoring["n"] == 2 * 2
+    assert all(r["step_bmo_max"] is not None for r in res.history)

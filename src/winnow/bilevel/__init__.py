@@ -1,7 +1,7 @@
 """Bilevel weighting: weight maps, the BDS loop and closed-form BMO weights."""
 
 from winnow.bilevel.bds import BDSResult, Indexed, PairedModel, TwoCopies, learn_weights, score_pool
-from winnow.bilevel.bmo import bmo_weights, scope_groups
+from winnow.bilevel.bmo import bmo_weights, round_bmo_weights, scope_groups
 from winnow.bilevel.weights import entropy_term, logits_from_weights, weight_stats, weights_from_logits
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "entropy_term",
     "learn_weights",
     "logits_from_weights",
+    "round_bmo_weights",
     "score_pool",
     "scope_groups",
     "weight_stats",

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-Scope = Literal["batch", "question"]
+Scope = Literal["batch", "question", "round"]
 
 
 def bmo_weights(
@@ -61,13 +61,42 @@ def bmo_weights(
     return out
 
 
+def round_bmo_weights(
+    known_upper: torch.Tensor,
+    known_lower: torch.Tensor,
+    idx: torch.Tensor,
+    upper_losses: torch.Tensor,
+    lower_losses: torch.Tensor,
+    *,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """BMO weights of a batch normalised over a whole round of responses (the ``round`` scope).
+
+    ``known_*`` hold the last known loss of every response of the round (``(K,)``); the batch's
+    fresh losses overwrite its rows (in place), and the batch gets its rows of the weights over
+    all ``K``. A batch of responses that ``θ`` likes less than the rest of the round therefore
+    weighs less than 1 on average, where the ``batch`` scope would force mean 1.
+
+    >>> up, lo = torch.tensor([0.0, 0.0, 3.0, 3.0]), torch.zeros(4)
+    >>> w = round_bmo_weights(up, lo, torch.tensor([2, 3]), torch.tensor([3.0, 3.0]), torch.zeros(2))
+    >>> bool(w.mean() < 1), w.tolist() == bmo_weights(up, lo)[2:].tolist()
+    (True, True)
+    """
+    known_upper[idx] = upper_losses.detach().to(known_upper)
+    known_lower[idx] = lower_losses.detach().to(known_lower)
+    return bmo_weights(known_upper, known_lower, tau=tau)[idx]
+
+
 def scope_groups(parents: Sequence[str], scope: Scope) -> list[int] | None:
-    """Group ids for ``bmo_weights``: ``None`` for ``batch``, one id per parent question otherwise.
+    """Group ids for ``bmo_weights``: one id per parent question for ``question``, else ``None``.
+
+    ``batch`` and ``round`` both normalise over one set (the step's batch, or every response of
+    the round); which set is the caller's choice.
 
     >>> scope_groups(["a", "b", "a"], "question")
     [0, 1, 0]
     """
-    if scope == "batch":
+    if scope in ("batch", "round"):
         return None
     if scope != "question":
         raise ValueError(f"unknown BMO scope {scope!r}")
