@@ -1,8 +1,11 @@
 """Baseline scores behind the weighing interface: one score per pool example, higher = keep.
 
 ``direct`` (no selection: every example scores 1), ``random``, ``length`` (response tokens),
-``base_loss`` (minus the loss under the untrained model) and ``val_gain`` (how much a short
-fit on the validation set lowers each example's loss).
+``base_loss`` (minus the loss under the untrained model), ``val_gain`` (how much a short
+fit on the validation set lowers each example's loss) and ``ifd`` (minus the instruction-following
+difficulty of Li et al., 2024: the response's loss given its question over its loss given an
+empty one — near or above 1 when the question does not help predict the answer, as for a
+mismatched or off-topic response).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from winnow.step import dataset_losses, flat_batches, to_device, weighted_step
 
 def baseline_scores(
     method: str, model: Any, pool: EncodedSet, val: EncodedSet, config: WeighConfig, *, pad_id: int,
-    device: torch.device,
+    device: torch.device, alone: EncodedSet | None = None,
 ) -> torch.Tensor:
-    """Scores ``(n,)`` in ``pool.items`` order for one of ``BASELINES``."""
+    """Scores ``(n,)`` in ``pool.items`` order for one of ``BASELINES``.
+
+    ``alone`` (``ifd`` only): each pool response encoded after an empty question, aligned with ``pool``.
+    """
     n = len(pool.items)
     if method == "direct":
         return torch.ones(n)
@@ -31,14 +37,25 @@ def baseline_scores(
     if method == "length":
         return torch.tensor([float(e.n_targets) for e in pool.items])
     scored = first_targets(pool, config.score_tokens) if config.score_tokens else pool
-    losses = lambda m: dataset_losses(m, scored, pad_id=pad_id, batch_size=config.batch_size, device=device)  # noqa: E731
+    losses = lambda m: losses_of(m, scored, config, pad_id, device)  # noqa: E731
     if method == "base_loss":
         return -losses(model)
     if method == "val_gain":
         before = losses(model)
         fitted = fit_on(copy.deepcopy(model), val, config, pad_id=pad_id, device=device)
         return before - losses(fitted)
+    if method == "ifd":
+        if alone is None or len(alone.items) != n:
+            raise ValueError("ifd needs each pool response encoded alone, aligned with the pool")
+        # the same response tokens on both sides: a right-truncated pair keeps fewer of them
+        kept = [min(a.n_targets, e.n_targets, config.score_tokens or a.n_targets)
+                for a, e in zip(alone.items, pool.items, strict=True)]
+        return -losses(model) / losses_of(model, first_targets(alone, kept), config, pad_id, device).clamp_min(1e-6)
     raise ValueError(f"unknown baseline {method!r}")
+
+
+def losses_of(model: Any, data: EncodedSet, config: WeighConfig, pad_id: int, device: torch.device) -> torch.Tensor:
+    return dataset_losses(model, data, pad_id=pad_id, batch_size=config.batch_size, device=device)
 
 
 def fit_on(model: Any, data: EncodedSet, config: WeighConfig, *, pad_id: int, device: torch.device) -> Any:

@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--model", default="smollm2-135m", help="model whose tokenizer and chat template to use")
     p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--truncation", choices=["drop", "left"], default="drop")
+    p.add_argument("--truncation", choices=["right", "left", "drop"], default="right")
     p.add_argument("--batch-size", type=int, default=8, help="for the padding estimate")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _data_args(p)

@@ -12,7 +12,7 @@ from winnow.errors import WinnowError
 
 C = TypeVar("C")
 
-BASELINES = ("direct", "random", "length", "base_loss", "val_gain")
+BASELINES = ("direct", "random", "length", "base_loss", "val_gain", "ifd")
 """Weighing methods that score examples without bilevel learning (``winnow.baselines``)."""
 
 
@@ -24,8 +24,9 @@ class ModelOptions:
     """Built-in name (``tiny``, ``smollm2-135m``) or a local Hugging Face model folder."""
     max_length: int = 512
     """Longest tokenised example trained on."""
-    truncation: str = "drop"
-    """Over-long examples: ``drop`` them, or cut their context from the ``left``. Both are reported."""
+    truncation: str = "right"
+    """Over-long examples: keep their first ``max_length`` tokens (``right``, as TRL does), cut their
+    context from the ``left`` (the response stays whole), or ``drop`` them. All are reported."""
     train_on: str = "all"
     """Assistant turns trained on in multi-turn data: ``all`` or ``last``."""
     lora: bool | None = None
@@ -44,7 +45,7 @@ class ModelOptions:
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 8, "max_length must be >= 8")
-        _check(self.truncation in ("drop", "left"), "truncation must be 'drop' or 'left'")
+        _check(self.truncation in ("drop", "left", "right"), "truncation must be 'drop', 'left' or 'right'")
         _check(self.train_on in ("all", "last"), "train_on must be 'all' or 'last'")
         _check(self.lora_r > 0, "lora_r must be > 0")
         _check(self.lora_layers >= 0, "lora_layers must be >= 0")
@@ -163,7 +164,7 @@ class WeighConfig(ModelOptions):
 
     method: str = "penalty"
     """``penalty`` (value-function penalty, two models), ``lite`` (SEAL-style, one model), or a
-    baseline score: ``direct``, ``random``, ``length``, ``base_loss``, ``val_gain``."""
+    baseline score: ``direct``, ``random``, ``length``, ``base_loss``, ``val_gain``, ``ifd``."""
     weight_map: str = "softmax"
     """``softmax`` (``N·softmax(ω)``, mean weight 1) or ``sigmoid`` (``2·sigmoid(ω)``)."""
     rounds: int = 1

@@ -22,18 +22,20 @@ from winnow.step import to_device
 def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
     """The sampler's log-prob of each target token of ``enc`` (NaN where unknown).
 
-    Re-encoding the text need not give back the generated tokens; where the target tokens
-    start with exactly the generated ones their log-probs are used, else the example gets
-    no correction (all NaN).
+    Re-encoding the text need not give back the generated tokens; where the targets and the
+    generated tokens agree on their common length their log-probs are used (a response cut by
+    right truncation keeps its first ones), else the example gets no correction (all NaN).
 
     >>> e = Encoded([1, 5, 6, 7], [IGNORE_INDEX, 5, 6, 7])
     >>> sampler_logprobs(e, [5, 6], [-0.5, -0.25])
     [-0.5, -0.25, nan]
+    >>> sampler_logprobs(Encoded([1, 5], [IGNORE_INDEX, 5], cut=-2), [5, 6, 7], [-0.5, -0.25, -1.0])
+    [-0.5]
     """
     targets = [t for t in enc.labels if t != IGNORE_INDEX]
-    n = len(token_ids)
-    if n and targets[:n] == list(token_ids):
-        return list(logprobs) + [math.nan] * (len(targets) - n)
+    n = min(len(token_ids), len(targets))
+    if n and targets[:n] == list(token_ids[:n]):
+        return list(logprobs[:n]) + [math.nan] * (len(targets) - n)
     return [math.nan] * len(targets)
 
 

@@ -44,5 +44,7 @@ def encode_for_training(tokenizer: Any, examples: Sequence[Example], options: Mo
     if enc.dropped:
         log.warning("dropped %d of %d examples (first: %s: %s)", len(enc.dropped), len(examples), *enc.dropped[0])
     if enc.truncated:
-        log.warning("cut the context of %d examples from the left", len(enc.truncated))
+        left = sum(c > 0 for _, c in enc.truncated)
+        log.warning("truncated %d examples to max_length %d (%d from the left, %d from the right)",
+                    len(enc.truncated), options.max_length, left, len(enc.truncated) - left)
     return enc

@@ -81,7 +81,12 @@ def weigh(
 
     # --- baselines: a score per example, no learning ------------------------------------------
     if config.method in BASELINES:
-        scores = baseline_scores(config.method, model, pool_enc, val_enc, config, pad_id=pad, device=device)
+        alone = None
+        if config.method == "ifd":  # each response after an empty question
+            alone = encode_for_training(tokenizer, [Example.from_pair("", pool[i].response, id=pool[i].id)
+                                                    for i in pool_enc.index], config)
+        scores = baseline_scores(config.method, model, pool_enc, val_enc, config, pad_id=pad, device=device,
+                                 alone=alone)
         weights = write_weights(out, ids, torch.ones(len(ids)), scores, {}, pool_enc.dropped)
         write_json(out / DONE, {**run_info("weigh", config), "pool": len(pool), "scored": len(ids)})
         return weights

@@ -48,7 +48,7 @@ def test_weigh_then_select_writes_weights_by_id(tmp_path, pool_val):
         assert all("reason" in x and x["rank"] > kept for x in r)
 
 
-@pytest.mark.parametrize("method", ["random", "length", "base_loss", "val_gain", "lite"])
+@pytest.mark.parametrize("method", ["random", "length", "base_loss", "val_gain", "ifd", "lite"])
 def test_baselines_and_lite_behind_the_same_interface(tmp_path, pool_val, method):
     pool, val = pool_val
     out = tmp_path / method

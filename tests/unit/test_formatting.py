@@ -53,11 +53,18 @@ def test_plain_fallback_template(tiny_pair):
     assert _targets(plain, enc) == "Hello there<|im_end|>\n"
 
 
-def test_truncation_drop_and_left(tiny_pair):
+def test_truncation_drop_left_and_right(tiny_pair):
     _, tok = tiny_pair
     ex = Example.from_pair("What is 10 plus 20? " * 20, "10 plus 20 is 30.")
     full = encode(tok, ex, max_length=1000)
-    assert isinstance(encode(tok, ex, max_length=40), str)  # dropped with a reason
+    assert isinstance(encode(tok, ex, max_length=40, truncation="drop"), str)  # dropped with a reason
+    # right (the default, as TRL): the first max_length tokens, while a response token remains
+    long_answer = Example.from_pair("What is 10 plus 20?", "It is 30. " * 20)
+    whole = encode(tok, long_answer, max_length=1000)
+    right = encode(tok, long_answer, max_length=40)
+    assert right.input_ids == whole.input_ids[:40] and right.labels == whole.labels[:40]
+    assert right.cut == 40 - len(whole) < 0 and 0 < right.n_targets < whole.n_targets
+    assert "no response token" in encode(tok, ex, max_length=40)  # the prompt alone fills the window
     left = encode(tok, ex, max_length=40, truncation="left")
     assert len(left) == 40 and left.cut == len(full) - 40
     assert left.labels == full.labels[-40:] and _targets(tok, left) == _targets(tok, full)
@@ -69,7 +76,7 @@ def test_truncation_drop_and_left(tiny_pair):
 def test_encode_all_reports(tiny_pair):
     _, tok = tiny_pair
     exs = [Example.from_pair("short?", "yes."), Example.from_pair("long " * 200, "no.")]
-    out = encode_all(tok, exs, max_length=64)
+    out = encode_all(tok, exs, max_length=64, truncation="drop")
     assert out.index == [0] and out.dropped[0][0] == exs[1].id and "too long" in out.dropped[0][1]
     out = encode_all(tok, exs, max_length=64, truncation="left")
     assert out.index == [0, 1] and out.truncated[0][0] == exs[1].id

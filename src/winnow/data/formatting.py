@@ -27,7 +27,7 @@ PLAIN_TEMPLATE = (
 )
 """Fallback template for tokenizers without one: ``User: …`` / ``Assistant: …<eos>``."""
 
-Truncation = Literal["drop", "left"]
+Truncation = Literal["drop", "left", "right"]
 TrainOn = Literal["all", "last"]
 
 
@@ -38,7 +38,8 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     cut: int = 0
-    """Tokens removed from the left by truncation (0: untouched)."""
+    """Tokens removed by truncation: ``> 0`` from the left (context), ``< 0`` from the right (the
+    response's end); 0: untouched."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -58,7 +59,7 @@ class EncodedSet:
     dropped: list[tuple[str, str]] = field(default_factory=list)
     """(example id, reason) for each example that will not be trained on."""
     truncated: list[tuple[str, int]] = field(default_factory=list)
-    """(example id, tokens cut from the left) for each example whose prompt was shortened."""
+    """(example id, ``Encoded.cut``) for each example that was shortened."""
 
     @property
     def lengths(self) -> list[int]:
@@ -111,14 +112,15 @@ def encode(
     ex: Example,
     *,
     max_length: int,
-    truncation: Truncation = "drop",
+    truncation: Truncation = "right",
     train_on: TrainOn = "all",
 ) -> Encoded | str:
     """Encode one example, or return the reason it cannot be trained on.
 
-    Over-long examples are dropped (``truncation="drop"``) or have their context cut from the
-    left (``"left"``); the final response is never cut, so a response that does not fit alone
-    is always dropped.
+    Over-long examples are dropped (``truncation="drop"``), have their context cut from the
+    left (``"left"``; the final response is never cut, so one that does not fit alone is
+    dropped), or keep their first ``max_length`` tokens (``"right"``, TRL's default: the
+    response's end is cut; dropped only when no response token is left).
     """
     ids: list[int] = []
     labels: list[int] = []
@@ -141,6 +143,10 @@ def encode(
     if truncation == "drop":
         return f"too long ({len(ids)} tokens > max_length {max_length})"
     cut = len(ids) - max_length
+    if truncation == "right":
+        if all(t == IGNORE_INDEX for t in labels[:max_length]):
+            return f"too long ({len(ids)} tokens > max_length {max_length}) with no response token within it"
+        return Encoded(ids[:max_length], labels[:max_length], cut=-cut)
     if cut >= last_target_start:
         return f"response alone does not fit in max_length {max_length}"
     return Encoded(ids[cut:], labels[cut:], cut=cut)
@@ -151,7 +157,7 @@ def encode_all(
     examples: Sequence[Example],
     *,
     max_length: int,
-    truncation: Truncation = "drop",
+    truncation: Truncation = "right",
     train_on: TrainOn = "all",
 ) -> EncodedSet:
     """Encode every example, keeping track of what was dropped or truncated and why."""
@@ -174,15 +180,16 @@ def _adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def first_targets(data: EncodedSet, k: int) -> EncodedSet:
-    """A copy whose labels keep only each example's first ``k`` target tokens.
+def first_targets(data: EncodedSet, k: int | Sequence[int]) -> EncodedSet:
+    """A copy whose labels keep only each example's first ``k`` target tokens (``k[j]`` for item ``j``).
 
     >>> s = first_targets(EncodedSet([Encoded([1, 2, 3, 4], [IGNORE_INDEX, 2, 3, 4])], [0]), 2)
     >>> s.items[0].labels
     [-100, 2, 3, -100]
     """
+    ks = [k] * len(data.items) if isinstance(k, int) else list(k)
     items = []
-    for e in data.items:
+    for e, k in zip(data.items, ks, strict=True):
         labels, seen = [], 0
         for t in e.labels:
             keep = t != IGNORE_INDEX and seen < k

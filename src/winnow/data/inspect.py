@@ -16,7 +16,7 @@ def inspect_data(
     tokenizer: Any,
     *,
     max_length: int,
-    truncation: Truncation = "drop",
+    truncation: Truncation = "right",
     train_on: TrainOn = "all",
     batch_size: int = 8,
 ) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{key}: min {s['min']}  median {s['median']}  p95 {s['p95']}  max {s['max']}  "
                          f"total {s['total']}")
     lines.append(f"max_length {report['max_length']}: trainable {report['trainable']}  dropped {report['dropped']} "
-                 f"{report['drop_reasons'] or ''}  context truncated {report['truncated']}")
+                 f"{report['drop_reasons'] or ''}  truncated {report['truncated']}")
     if "padding_fraction" in report:
         lines.append(f"padding fraction: {report['padding_fraction']:.1%} with length grouping, "
                      f"{report['padding_fraction_ungrouped']:.1%} without")
