@@ -278,9 +278,10 @@ class RefineConfig(ModelOptions):
     """Adam learning rate of both models."""
     gamma: float = 1.0
     """Penalty ``γ``: ``θ`` steps on ``L_val + γ·(weighted pool loss)``."""
-    bmo_tau: float = 1.0
-    """BMO temperature ``τ``."""
-    bmo_scope: str = "question"
+    bmo_tau: float = 5.0
+    """BMO temperature ``τ`` (1: the plain importance ratio ``π_θ/π_φ``; with sequence sums it puts the
+    whole round's weight on a few responses, so the default flattens it: benchmarks/RESULTS.md)."""
+    bmo_scope: str = "round"
     """BMO normalisation: ``question`` (mean 1 over each question's responses), ``batch`` (over the
     step's online batch) or ``round`` (over every response of the round: fresh losses for the step's
     batch, the last known ones for the rest, seeded by one scoring pass after each generation)."""

@@ -246,10 +246,11 @@ def refine(
     bar.close()
 
     # --- write --------------------------------------------------------------------------------
-    if not samples:  # resumed after the last round finished: its samples are on disk
+    last = out / "rounds" / f"round-{config.rounds}.jsonl"
+    if first >= config.rounds and last.stat().st_size:  # resumed after the last round: its samples are on disk
         from winnow.data import read_examples
 
-        samples = read_examples(out / "rounds" / f"round-{config.rounds}.jsonl")
+        samples = read_examples(last)
     refined = [*kept_w, *samples]
     write_examples(out / "refined.jsonl", refined)
     skipped = [row for k in range(1, config.rounds + 1) if (out / "rounds" / f"skipped-{k}.jsonl").exists()

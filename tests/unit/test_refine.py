@@ -97,7 +97,8 @@ def test_sampler_alignment_and_clipped_ratio_match_a_hand_computation(tiny):
 
 def _config(**kw):
     base = dict(model="tiny", keep_top=0.75, rounds=2, samples_per_question=3, steps_per_round=3,
-                batch_size=4, online_batch_size=6, val_batch_size=4, max_length=64, model_lr=1e-3, seed=0)
+                batch_size=4, online_batch_size=6, val_batch_size=4, max_length=64, model_lr=1e-3, seed=0,
+                bmo_scope="question", bmo_tau=1.0)
     return RefineConfig(**{**base, **kw})
 
 
@@ -215,3 +216,19 @@ def test_round_scope_weighs_the_round_as_one_set_with_no_extra_forward_per_step(
     # one scoring pass after each generation and one for the output, per round; none inside the steps
     assert scoring["n"] == 2 * 2
     assert all(r["step_bmo_max"] is not None for r in res.history)
+
+
+def test_a_round_with_nothing_trainable_still_finishes_with_the_kept_pairs(setup, tmp_path):
+    pool, val, weights = setup
+
+    class AlwaysCut(StandIn):
+        def generate(self, prompts, params):
+            return [[Completion(c.text, c.token_ids, c.logprobs, "length") for c in row]
+                    for row in super().generate(prompts, params)]
+
+    res = refine(pool, val, weights, _config(rounds=1, bmo_scope="round"), tmp_path / "r",
+                 generator_for=lambda model, tok: AlwaysCut(tok), progress=False)
+    assert [e.source for e in res.examples] == ["original"] * 18
+    assert res.history[0]["generated"] == 0 and res.history[0]["skipped"] == 18
+    again = refine(pool, val, weights, _config(rounds=1, bmo_scope="round"), tmp_path / "r", progress=False)
+    assert len(again.examples) == 18  # done: read back, nothing re-run
