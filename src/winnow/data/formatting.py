@@ -122,13 +122,9 @@ def encode(
     dropped), or keep their first ``max_length`` tokens (``"right"``, TRL's default: the
     response's end is cut; dropped only when no response token is left).
     """
-    ids: list[int] = []
-    labels: list[int] = []
-    bos = getattr(tokenizer, "bos_token_id", None)
     first = pieces(tokenizer, ex.messages, train_on)
-    if bos is not None and _adds_bos(tokenizer) and not first[0][0].startswith(tokenizer.bos_token):
-        ids.append(bos)
-        labels.append(IGNORE_INDEX)
+    ids: list[int] = leading_bos(tokenizer, first[0][0])
+    labels: list[int] = [IGNORE_INDEX] * len(ids)
     last_target_start = 0
     for text, target in first:
         toks = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -174,10 +170,18 @@ def encode_all(
     return out
 
 
-def _adds_bos(tokenizer: Any) -> bool:
-    """Whether the tokenizer itself prepends BOS (templates then usually omit it)."""
+def leading_bos(tokenizer: Any, text: str) -> list[int]:
+    """``[BOS]`` when the tokenizer would prepend it itself and the rendered ``text`` lacks it, else ``[]``.
+
+    Rendered text is tokenised without special tokens; this puts back the one BOS the
+    tokenizer expects, never a second one after a template that writes its own. Training
+    (``encode``) and generation prompts both use it, so they see the same ids.
+    """
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or (tokenizer.bos_token and text.startswith(tokenizer.bos_token)):
+        return []
     ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id
+    return [bos] if ids and ids[0] == bos else []
 
 
 def first_targets(data: EncodedSet, k: int | Sequence[int]) -> EncodedSet:

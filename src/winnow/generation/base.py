@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from winnow.data.example import Message
-from winnow.data.formatting import _adds_bos, render
+from winnow.data.formatting import leading_bos, render
 from winnow.smollm2 import IM_END
 
 FinishReason = Literal["stop", "length", "empty", "too_long"]
@@ -80,11 +80,7 @@ def prompt_token_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     prompt never carries two BOS tokens and generation sees the same ids training does.
     """
     text = render(tokenizer, messages, generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and _adds_bos(tokenizer) and not text.startswith(tokenizer.bos_token):
-        ids = [bos, *ids]
-    return ids
+    return leading_bos(tokenizer, text) + tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def stop_token_ids(tokenizer: Any, extra: int | Sequence[int] | None = None) -> list[int]:
