@@ -136,7 +136,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"--steps {args.steps} --lr {args.lr} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
         f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau}`;"
-        f" model {args.model} + LoRA (last {args.lora_layers} layers); "
+        f" model {args.model} + LoRA ({f'last {args.lora_layers}' if args.lora_layers else 'all'} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
         "| round | generated | trained on | judge refusals (of generated) | (of trained on) | BMO AUROC "
