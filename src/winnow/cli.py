@@ -21,7 +21,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _config_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One ``--flag`` per config field, documented by the field's docstring in ``config.py``."""
-    from winnow.config import field_docs
+    from winnow.config_io import field_docs
 
     docs = field_docs(cls)
     p.add_argument("--config", help="YAML file with options (flags given here override it)")
@@ -39,7 +39,7 @@ def _config_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
 
 
 def _config(cls: type, args: argparse.Namespace, section: str | None = None) -> Any:
-    from winnow.config import from_dict, load_yaml, to_dict
+    from winnow.config_io import from_dict, load_yaml, to_dict
 
     base = load_yaml(cls, args.config, section) if args.config else cls()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
@@ -180,7 +180,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from winnow.config import RunConfig, load_yaml
+    from winnow.config import RunConfig
+    from winnow.config_io import load_yaml
     from winnow.pipeline import run_pipeline
 
     summary = run_pipeline(load_yaml(RunConfig, args.config), args.out, progress=not args.no_progress)

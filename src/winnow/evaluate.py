@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import torch
 
-from winnow.config import EvalConfig, ModelOptions, from_dict, to_dict
+from winnow.config import EvalConfig, ModelOptions
+from winnow.config_io import from_dict, to_dict
 from winnow.data import Example, read_examples, read_scores
 from winnow.errors import WinnowError
 from winnow.generation.base import Generator, SamplingParams

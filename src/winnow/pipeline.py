@@ -16,7 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from winnow.config import EvalConfig, RefineConfig, RunConfig, TrainConfig, WeighConfig, save_yaml, to_dict
+from winnow.config import EvalConfig, RefineConfig, RunConfig, TrainConfig, WeighConfig
+from winnow.config_io import save_yaml, to_dict
 from winnow.data import Example, read_examples, write_examples
 from winnow.errors import WinnowError
 from winnow.io import atomic_open, read_json, read_jsonl, write_json

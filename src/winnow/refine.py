@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from winnow import models
 from winnow.bilevel import bmo_weights, round_bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from winnow.config import RefineConfig, save_yaml
+from winnow.config import RefineConfig
+from winnow.config_io import save_yaml
 from winnow.data import Example, collate
 from winnow.data.writers import write_examples
 from winnow.errors import WinnowError

@@ -21,7 +21,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from winnow import models
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from winnow.config import TrainConfig, save_yaml
+from winnow.config import TrainConfig
+from winnow.config_io import save_yaml
 from winnow.data import Example, collate, epoch_batches, padding_fraction
 from winnow.data.formatting import EncodedSet
 from winnow.errors import WinnowError
