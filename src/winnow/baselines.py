@@ -37,7 +37,7 @@ def baseline_scores(
     if method == "length":
         return torch.tensor([float(e.n_targets) for e in pool.items])
     scored = first_targets(pool, config.score_tokens) if config.score_tokens else pool
-    losses = lambda m: losses_of(m, scored, config, pad_id, device)  # noqa: E731
+    losses = lambda m: _losses(m, scored, config, pad_id, device)  # noqa: E731
     if method == "base_loss":
         return -losses(model)
     if method == "val_gain":
@@ -50,11 +50,12 @@ def baseline_scores(
         # the same response tokens on both sides: a right-truncated pair keeps fewer of them
         kept = [min(a.n_targets, e.n_targets, config.score_tokens or a.n_targets)
                 for a, e in zip(alone.items, pool.items, strict=True)]
-        return -losses(model) / losses_of(model, first_targets(alone, kept), config, pad_id, device).clamp_min(1e-6)
+        return -losses(model) / _losses(model, first_targets(alone, kept), config, pad_id, device).clamp_min(1e-6)
     raise ValueError(f"unknown baseline {method!r}")
 
 
-def losses_of(model: Any, data: EncodedSet, config: WeighConfig, pad_id: int, device: torch.device) -> torch.Tensor:
+def _losses(model: Any, data: EncodedSet, config: WeighConfig, pad_id: int, device: torch.device) -> torch.Tensor:
+    """Token-mean response NLL of every example of ``data``."""
     return dataset_losses(model, data, pad_id=pad_id, batch_size=config.batch_size, device=device)
 
 

@@ -75,6 +75,7 @@ def online_batches(online: dict[str, Any], config: RefineConfig, seed: int):
             rng.shuffle(order)
             for s in range(0, len(order), config.online_batch_size):
                 yield order[s : s + config.online_batch_size]
+        return
     by_q: dict[int, list[int]] = {}
     for j, g in enumerate(online["groups"]):
         by_q.setdefault(g, []).append(j)

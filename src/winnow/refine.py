@@ -298,7 +298,7 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
         if config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
             known = online["known"]
             lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
-                                    fresh["upper"].float().cpu(), fresh["lower"].float().cpu(), tau=config.bmo_tau)
+                                    fresh["upper"], fresh["lower"], tau=config.bmo_tau)
         else:
             lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau,
                               groups=online["groups"] if config.bmo_scope == "question" else None)
