@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from winnow.config import RefineConfig
-from winnow.data import read_examples
+from winnow.data import load_examples
 from winnow.io import read_jsonl
 from winnow.judge import is_refusal
 from winnow.metrics import auroc
@@ -56,7 +56,9 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
     bad_ids = {ex.id for ex in bad}
     for r in range(1, args.rounds + 1):
         path = out / "rounds" / f"round-{r}.jsonl"
-        samples = [ex for ex in (read_examples(path) if path.stat().st_size else []) if ex.parent_id in bad_ids]
+        # every draw counts: identical responses (a templated refusal) are separate samples
+        drawn = load_examples(path, dedupe=False).examples if path.stat().st_size else []
+        samples = [ex for ex in drawn if ex.parent_id in bad_ids]
         refused = [is_refusal(ex.response, prompt=ex.prompt) for ex in samples]
         skipped = [s for s in read_jsonl(out / "rounds" / f"skipped-{r}.jsonl") if s["parent_id"] in bad_ids]
         refused_cut = [is_refusal(s.get("response", ""), prompt=s.get("prompt")) for s in skipped]

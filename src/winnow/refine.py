@@ -28,7 +28,7 @@ from winnow.bilevel import bmo_weights, round_bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig
 from winnow.config_io import save_yaml
-from winnow.data import Example, collate
+from winnow.data import Example, collate, content_id, load_examples
 from winnow.data.writers import write_examples
 from winnow.errors import WinnowError
 from winnow.generation.base import Generator, SamplingParams
@@ -51,7 +51,8 @@ class RefineResult:
     """The refined data set and what each round did."""
 
     examples: list[Example]
-    """Kept original pairs (weight ``p``) plus the last round's regenerated pairs (weight ``λ``)."""
+    """Kept original pairs (weight ``p``) plus the last round's regenerated pairs (weight ``λ``; identical
+    draws merged into one pair with their summed weight, ``merge_duplicates``)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     out: Path | None = None
 
@@ -105,6 +106,33 @@ def generate_round(
     return good, skipped
 
 
+def merge_duplicates(examples: Sequence[Example]) -> list[Example]:
+    """Fold exact repeats (same conversation) into their first copy, adding up the weights.
+
+    A model often samples the same response twice (a templated refusal above all); each draw
+    carries weight, and a reader drops exact duplicates, so the refined set holds each
+    conversation once with the summed weight and ``metadata["copies"]``.
+
+    >>> a = Example.from_pair("q", "no", id="q-r1s0", weight=1.5)
+    >>> out = merge_duplicates([a, Example.from_pair("q", "no", id="q-r1s1", weight=0.5),
+    ...                         Example.from_pair("q", "yes", id="q-r1s2")])
+    >>> [(e.id, e.weight, e.metadata.get("copies")) for e in out]
+    [('q-r1s0', 2.0, 2), ('q-r1s2', 1.0, None)]
+    """
+    first: dict[str, int] = {}
+    out: list[Example] = []
+    for ex in examples:
+        key = content_id(ex.messages)
+        if key not in first:
+            first[key] = len(out)
+            out.append(ex)
+            continue
+        j = first[key]
+        copies = out[j].metadata.get("copies", 1) + 1
+        out[j] = replace(out[j], weight=out[j].weight + ex.weight, metadata={**out[j].metadata, "copies": copies})
+    return out
+
+
 def _why(reason: str) -> str:
     return {"length": "hit max_new_tokens", "empty": "empty response", "too_long": "prompt longer than the context",
             "stop": "empty response"}.get(reason, reason)
@@ -139,9 +167,7 @@ def refine(
     """
     out = Path(out)
     if is_done(out):
-        from winnow.data import read_examples
-
-        return RefineResult(read_examples(out / "refined.jsonl"), read_jsonl(out / "metrics.jsonl"), out)
+        return RefineResult(load_examples(out / "refined.jsonl").examples, read_jsonl(out / "metrics.jsonl"), out)
     if not val:
         raise WinnowError("the validation set is empty")
     kept, questions = choose_questions(pool, weights, config.keep_top, config.kept_share, config.seed)
@@ -249,10 +275,8 @@ def refine(
     # --- write --------------------------------------------------------------------------------
     last = out / "rounds" / f"round-{config.rounds}.jsonl"
     if first >= config.rounds and last.stat().st_size:  # resumed after the last round: its samples are on disk
-        from winnow.data import read_examples
-
-        samples = read_examples(last)
-    refined = [*kept_w, *samples]
+        samples = load_examples(last, dedupe=False).examples  # identical samples are separate draws
+    refined = merge_duplicates([*kept_w, *samples])
     write_examples(out / "refined.jsonl", refined)
     skipped = [row for k in range(1, config.rounds + 1) if (out / "rounds" / f"skipped-{k}.jsonl").exists()
                for row in read_jsonl(out / "rounds" / f"skipped-{k}.jsonl")]

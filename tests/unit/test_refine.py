@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from winnow.config import RefineConfig
-from winnow.data import Example, collate, read_examples
+from winnow.data import Example, collate, load_examples, read_examples
 from winnow.data.formatting import encode
 from winnow.generation.base import Completion, SamplingParams
 from winnow.losses import clipped_ratio, sequence_nll, shift, token_logprobs
@@ -183,16 +183,24 @@ def test_the_library_fake_generator_drives_a_round_and_bmo_favours_what_theta_pr
     pool, val, weights = setup
     res = refine(pool, val, weights, _config(rounds=1, max_length=160), tmp_path / "f",
                  generator_for=lambda model, tok: FakeGenerator(tokenizer=tok), progress=False)
-    regen = [e for e in res.examples if e.source == "regenerated"]
-    assert len(regen) == 6 * 3 and all(e.metadata["finish_reason"] == "stop" for e in regen)
+    drawn = load_examples(tmp_path / "f" / "rounds" / "round-1.jsonl", dedupe=False).examples  # every draw
+    assert len(drawn) == 6 * 3 and all(e.metadata["finish_reason"] == "stop" for e in drawn)
     assert res.history[0]["generated"] == 18 and res.history[0]["skipped"] == 0
     # per question the weights have mean 1, and identical responses to one question weigh the same
-    for parent in {e.parent_id for e in regen}:
-        group = [e for e in regen if e.parent_id == parent]
+    for parent in {e.parent_id for e in drawn}:
+        group = [e for e in drawn if e.parent_id == parent]
         assert sum(e.weight for e in group) / len(group) == pytest.approx(1.0, abs=1e-5)
         by_text: dict[str, float] = {}
         for e in group:
             assert by_text.setdefault(e.response, e.weight) == pytest.approx(e.weight, abs=1e-6)
+    # the refined set holds each response once, with the summed weight of its identical draws
+    regen = [e for e in res.examples if e.source == "regenerated"]
+    assert len(regen) < len(drawn) and len({(e.prompt, e.response) for e in regen}) == len(regen)
+    for e in regen:
+        same = [d for d in drawn if (d.prompt, d.response) == (e.prompt, e.response)]
+        assert e.weight == pytest.approx(sum(d.weight for d in same), abs=1e-5)
+        assert e.metadata.get("copies", 1) == len(same)
+    assert read_examples(tmp_path / "f" / "refined.jsonl") == res.examples  # nothing dropped on reading back
 
 
 def test_round_scope_weighs_the_round_as_one_set_with_no_extra_forward_per_step(setup, tmp_path, monkeypatch):
