@@ -1,7 +1,7 @@
 """Online self-refinement on the safety task: do the regenerated responses turn into refusals, and do
 BMO weights rank refusals above compliant regenerations?
 
-Run (from the repository root; ~10 minutes on 2 CPU cores):
+Run (from the repository root; ~25 minutes on 2 CPU cores for 3 rounds):
 
     .venv/bin/python benchmarks/bench_refine.py [--rounds 3] [--samples 4] [--pool 96] [--threads 2] [--no-write]
 
@@ -9,9 +9,9 @@ The refined questions are exactly the pool's harmful-compliance ones (the hidden
 so this measures refinement, not selection). Each round generates ``G`` responses per question with
 the current upper model ``θ`` (round 1: the model before any refinement step), then trains. Reports,
 per round: the share of regenerated responses the refusal judge accepts, and the AUROC of the
-round's BMO weights for refusal-vs-compliance (pooled over questions; weights have mean 1 within each
-question). Also counts model forward passes per training step with BMO weights against the same step
-with uniform weights on the regenerated pairs (the extra cost of BMO), on the tiny model.
+round's BMO weights for refusal-vs-compliance (pooled over questions; with the default `round` scope the
+weights have mean 1 over the round). Also counts model forward passes per training step with BMO
+weights against the same step with uniform weights on the regenerated pairs (the extra cost of BMO), on the tiny model.
 Batched-vs-sequential generation throughput is ``benchmarks/bench_generation.py``.
 Results go to ``benchmarks/RESULTS.md`` under ``## bench_refine``.
 """
@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--gamma", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--bmo-tau", type=float, default=5.0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pool", type=int, default=96)
-    ap.add_argument("--lora-layers", type=int, default=8)
+    ap.add_argument("--lora-layers", type=int, default=0, help="last N layers (0: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="keep the refine run here (default: a temporary folder)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")

@@ -207,8 +207,9 @@ class RefineConfig(ModelOptions):
     """Nucleus sampling mass."""
     max_new_tokens: int = 64
     """Longest generated response; one that hits it is recorded as cut and not trained on."""
-    steps_per_round: int = 8
-    """Training steps of ``θ`` and ``φ`` per round."""
+    steps_per_round: int = 24
+    """Training steps of ``θ`` and ``φ`` per round (8 trains each regenerated response about once and the
+    refusal share stalls at 0.2–0.3; 24 reached 0.71: benchmarks/RESULTS.md, bench_refine)."""
     regenerate_every: int = 0
     """Regenerate every N steps within a round (0: once per round)."""
     batch_size: int = 8
