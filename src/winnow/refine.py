@@ -28,7 +28,7 @@ from winnow.bilevel import bmo_weights, round_bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig
 from winnow.config_io import save_yaml
-from winnow.data import Example, collate, content_id, load_examples
+from winnow.data import Example, collate, content_id, load_examples, read_examples
 from winnow.data.writers import write_examples
 from winnow.errors import WinnowError
 from winnow.generation.base import Generator, SamplingParams
@@ -167,7 +167,7 @@ def refine(
     """
     out = Path(out)
     if is_done(out):
-        return RefineResult(load_examples(out / "refined.jsonl").examples, read_jsonl(out / "metrics.jsonl"), out)
+        return RefineResult(read_examples(out / "refined.jsonl"), read_jsonl(out / "metrics.jsonl"), out)
     if not val:
         raise WinnowError("the validation set is empty")
     kept, questions = choose_questions(pool, weights, config.keep_top, config.kept_share, config.seed)
