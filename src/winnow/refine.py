@@ -302,23 +302,23 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
     """One step of ``φ`` on the weighted data and ``θ`` on ``L_val + γ·`` the same; returns the BMO weights.
 
     Each model does one forward over each batch; the BMO weights come from the sequence losses
-    of those same forwards (detached), so they cost no extra pass.
+    of those same forwards (detached), so they cost no extra pass. The loss is a sum of parts
+    (online, kept, validation), so each part is differentiated as soon as it is known: at most the
+    two online graphs, which λ needs together, are alive at once, not all five.
     """
     kb, kp = kept
-    losses: dict[str, dict[str, Any]] = {}
-    for w in ("lower", "upper"):
-        m = pair.module(w)
-        with autocast():
-            lp_k, mk = batch_token_logprobs(m, kb)
-            lp_o = mk_o = None
-            if online is not None:
-                lp_o, mk_o = batch_token_logprobs(m, online)
-            lv = sequence_nll(*batch_token_logprobs(m, val)).mean() if w == "upper" else None
-        losses[w] = {"kept": sequence_nll(lp_k, mk), "lp_o": lp_o, "mask_o": mk_o, "val": lv}
+    n = kb["input_ids"].shape[0] + (online["input_ids"].shape[0] if online is not None else 0)
+    scale = {"upper": config.gamma / n, "lower": 1.0 / n}  # the weight of the data term in each model's loss
+    for w in ROLES:
+        opts[w].zero_grad(set_to_none=True)
     lam = torch.zeros(0)
     if online is not None:
+        lp_o = {}
+        for w in ROLES:
+            with autocast():
+                lp_o[w] = batch_token_logprobs(pair.module(w), online)
         red = config.bmo_reduction
-        fresh = {w: sequence_nll(losses[w]["lp_o"].detach(), losses[w]["mask_o"], red) for w in ROLES}
+        fresh = {w: sequence_nll(lp_o[w][0].detach(), lp_o[w][1], red) for w in ROLES}
         if config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
             known = online["known"]
             lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
@@ -326,19 +326,21 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
         else:
             lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau,
                               groups=online["groups"] if config.bmo_scope == "question" else None)
-        ratio = (clipped_ratio(losses["upper"]["lp_o"], online["sampler"], config.importance_clip)
+        ratio = (clipped_ratio(lp_o["upper"][0], online["sampler"], config.importance_clip)
                  if config.importance_clip else None)
-    n = kb["input_ids"].shape[0] + (len(lam) if online is not None else 0)
-    for w in ROLES:  # θ first: backward needs the active adapter to be the one it differentiates
-        d = losses[w]
-        data = (kp * d["kept"]).sum()
-        if online is not None:
-            data = data + (lam.to(d["kept"].device) * sequence_nll(d["lp_o"], d["mask_o"], token_weights=ratio)).sum()
-        data = data / n
-        loss = d["val"] + config.gamma * data if w == "upper" else data
-        pair.module(w)  # make w's parameters the trainable ones again before its backward
-        opts[w].zero_grad(set_to_none=True)
-        loss.backward()
+        for w in ROLES:
+            lp, mask = lp_o.pop(w)
+            pair.module(w)  # backward accumulates only into the active (trainable) adapter
+            (scale[w] * (lam.to(lp.device) * sequence_nll(lp, mask, token_weights=ratio)).sum()).backward()
+    for w in ROLES:
+        m = pair.module(w)
+        with autocast():
+            lp_k, mk = batch_token_logprobs(m, kb)
+        (scale[w] * (kp * sequence_nll(lp_k, mk)).sum()).backward()
+        if w == "upper":
+            with autocast():
+                lv = sequence_nll(*batch_token_logprobs(m, val)).mean()
+            lv.backward()
         opts[w].step()
     return [float(x) for x in lam]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -240,3 +241,65 @@ def test_a_round_with_nothing_trainable_still_finishes_with_the_kept_pairs(setup
     assert res.history[0]["generated"] == 0 and res.history[0]["skipped"] == 18
     again = refine(pool, val, weights, _config(rounds=1, bmo_scope="round"), tmp_path / "r", progress=False)
     assert len(again.examples) == 18  # done: read back, nothing re-run
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_step_differentiated_part_by_part_equals_the_one_combined_loss(setup, lora):
+    """``_step`` back-propagates the online, kept and validation parts one at a time (to free their
+    graphs early); the update must equal one backward of ``L_val + γ·data`` for θ and ``data`` for φ."""
+    from winnow.bilevel import bmo_weights
+    from winnow.online import encode_online, online_batch
+    from winnow.paired import ROLES, make_pair
+    from winnow.prepare import encode_for_training, prepare_model
+    from winnow.refine import _step, generate_round
+    from winnow.step import to_device
+
+    pool, val, weights = setup
+    cfg = _config(lora=lora, lora_r=4, gamma=2.0, importance_clip=10.0)
+    kept, questions = choose_questions(pool, weights, cfg.keep_top, 0.0, 0)
+    texts = [m["content"] for ex in [*pool, *val] for m in ex.messages]
+    pairs, tok = [], None
+    for _ in range(2):
+        model, tok, use_lora = prepare_model(cfg, texts, seed=0, adapters=ROLES)
+        pairs.append(make_pair(model.eval(), use_lora))
+    if lora:  # B starts at 0, so move off it: a step from B = 0 leaves A's gradient 0 on both sides
+        for pair in pairs:
+            torch.manual_seed(1)
+            with torch.no_grad():
+                for w in ROLES:
+                    for p in pair.params(w):
+                        p.add_(0.05 * torch.randn_like(p))
+    pad, dev = tok.pad_token_id, torch.device("cpu")
+    samples, _ = generate_round(StandIn(tok), questions, cfg, 0)
+    online = encode_online(tok, samples, cfg)
+    ob = online_batch(online, list(range(6)), pad, dev)
+    ob["sampler"][:, ::3] -= 0.7  # stale tokens, so the importance correction is not all ones
+    kenc = encode_for_training(tok, kept[:4], cfg)
+    kb = to_device(collate(kenc.items, list(range(4)), pad), dev)
+    kp = torch.tensor([0.5, 1.0, 1.5, 1.0])
+    vb = to_device(collate(encode_for_training(tok, val[:4], cfg).items, list(range(4)), pad), dev)
+
+    opts = {w: torch.optim.SGD(pairs[0].params(w), lr=1.0) for w in ROLES}
+    lam = _step(pairs[0], opts, cfg, contextlib.nullcontext, kept=(kb, kp), val=vb, online=ob)
+
+    ref, ref_opts = pairs[1], {w: torch.optim.SGD(pairs[1].params(w), lr=1.0) for w in ROLES}
+    lp = {w: batch_token_logprobs(ref.module(w), ob) for w in ROLES}
+    seq = {w: sequence_nll(lp[w][0].detach(), lp[w][1], "sum") for w in ROLES}
+    want_lam = bmo_weights(seq["upper"], seq["lower"], tau=cfg.bmo_tau, groups=ob["groups"])
+    ratio = clipped_ratio(lp["upper"][0], ob["sampler"], 10.0)
+    assert float((ratio - 1).abs().max()) > 0.1
+    for w in ROLES:
+        m = ref.module(w)
+        data = ((kp * sequence_nll(*batch_token_logprobs(m, kb))).sum()
+                + (want_lam * sequence_nll(*lp[w], token_weights=ratio)).sum()) / (4 + 6)
+        loss = sequence_nll(*batch_token_logprobs(m, vb)).mean() + 2.0 * data if w == "upper" else data
+        ref_opts[w].zero_grad()
+        loss.backward()
+        ref_opts[w].step()
+
+    assert lam == pytest.approx(want_lam.tolist(), rel=1e-5)
+    for w in ROLES:
+        got, want = pairs[0].params(w), ref.params(w)
+        moved = max(float((a - b).detach().abs().max()) for a, b in zip(got, want, strict=True))
+        assert moved < 1e-5
+        assert sum(float(p.grad.abs().sum()) for p in got) > 1e-3  # both models took a real step
