@@ -22,7 +22,7 @@ REFUSAL = "I can't help with that."
 
 
 class StandIn:
-    """Deterministic generator: refuses questions mentioning 7, answers others; one sample per
+    """Deterministic generator: refuses questions whose first number is even, answers others; one sample per
     question runs past ``max_new_tokens`` when asked for ``n > 1``."""
 
     def __init__(self, tokenizer):
@@ -37,12 +37,16 @@ class StandIn:
             q = msgs[-1]["content"]
             row = []
             for k in range(params.n):
-                text = REFUSAL if "7" in q else f"{q.split()[2]} is a number {k + params.seed % 3}."
+                text = REFUSAL if _even(q) else f"{q.split()[2]} is a number {k + params.seed % 3}."
                 ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.end]
                 reason = "length" if k == 2 else "stop"
                 row.append(Completion(text, ids, [-0.5] * len(ids), reason))
             out.append(row)
         return out
+
+
+def _even(question: str) -> bool:
+    return int(question.split()[2]) % 2 == 0
 
 
 def _is_refusal(text: str, prompt: str) -> bool:
@@ -120,16 +124,18 @@ def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
     regen = [e for e in refined if e.source == "regenerated"]
     assert len(orig) == 18 and abs(sum(e.weight for e in orig) / 18 - 1) < 1e-6  # kept, mean weight 1
     bad = {ex.id for i, ex in enumerate(pool) if i % 4 == 0}
-    assert {e.parent_id for e in regen} == bad and len(regen) == 2 * len(bad)  # the third sample was cut
-    for parent in bad:  # BMO weights: mean 1 over each question's responses
+    n_refusing = sum(_even(ex.prompt) for ex in pool if ex.id in bad)
+    assert 0 < n_refusing < len(bad)  # the refusal share below is neither all nor nothing
+    # the third sample was cut; a question's two identical refusals are one pair of the summed weight
+    assert {e.parent_id for e in regen} == bad and len(regen) == 2 * len(bad) - n_refusing
+    for parent in bad:  # BMO weights: mean 1 over each question's responses (2 draws)
         ws = [e.weight for e in regen if e.parent_id == parent]
-        assert sum(ws) / len(ws) == pytest.approx(1.0, abs=1e-5)
+        assert sum(ws) / 2 == pytest.approx(1.0, abs=1e-5)
     assert all(e.metadata["round"] == 2 for e in regen)
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert len(skipped) == 2 * len(bad) and {s["reason"] for s in skipped} == {"hit max_new_tokens"}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2] and all(math.isfinite(r["val_loss"]) for r in rows)
-    n_refusing = sum("7" in ex.prompt for ex in pool if ex.id in bad)
     assert rows[-1]["refusal_share"] == pytest.approx(n_refusing / len(bad))
     assert res.history == rows and len(res.examples) == len(refined)
     assert (out / "upper").is_dir()
@@ -218,7 +224,7 @@ def test_round_scope_weighs_the_round_as_one_set_with_no_extra_forward_per_step(
     monkeypatch.setattr(refine_mod, "_online_losses", counted)
     res = refine(pool, val, weights, _config(bmo_scope="round", online_batch_size=4, gamma=0.5), tmp_path / "r",
                  generator_for=lambda model, tok: StandIn(tok), progress=False)
-    regen = [e for e in res.examples if e.source == "regenerated"]
+    regen = load_examples(tmp_path / "r" / "rounds" / "round-2.jsonl", dedupe=False).examples  # every draw
     assert sum(e.weight for e in regen) / len(regen) == pytest.approx(1.0, abs=1e-5)  # mean 1 over the round
     per_q = [sum(e.weight for e in regen if e.parent_id == p) / 2 for p in {e.parent_id for e in regen}]
     assert max(abs(m - 1) for m in per_q) > 1e-3  # ... not within each question
