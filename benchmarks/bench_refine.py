@@ -46,7 +46,8 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
     config = RefineConfig(model=args.model, max_length=128, lora_layers=args.lora_layers,
                           keep_top=1 - len(bad) / len(task.pool), rounds=args.rounds,
                           samples_per_question=args.samples, max_new_tokens=args.max_new_tokens,
-                          steps_per_round=args.steps, temperature=args.temperature, model_lr=args.lr, gamma=args.gamma,
+                          steps_per_round=args.steps, temperature=args.temperature, model_lr=args.lr,
+                          model_lr_end=args.lr_end, gamma=args.gamma,
                           bmo_reduction=args.bmo_reduction, bmo_scope=args.bmo_scope,
                           bmo_tau=args.bmo_tau)
     t0 = time.perf_counter()
@@ -135,7 +136,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         "## bench_refine", "",
         f"Machine: {platform.machine()}, {args.threads} CPU threads, fp32; commit {commit}; "
         f"`python benchmarks/bench_refine.py --rounds {args.rounds} --samples {args.samples} --pool {args.pool} "
-        f"--steps {args.steps} --lr {args.lr} --gamma {args.gamma} "
+        f"--steps {args.steps} --lr {args.lr}{f' --lr-end {args.lr_end}' if args.lr_end else ''} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
         f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau}`;"
         f" model {args.model} + LoRA ({f'last {args.lora_layers}' if args.lora_layers else 'all'} layers); "
@@ -162,6 +163,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr-end", type=float, help="learning rate in the last round (default: constant --lr)")
     ap.add_argument("--gamma", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--bmo-reduction", default="sum")

@@ -101,6 +101,17 @@ def _check(ok: bool, message: str) -> None:
         raise WinnowError(f"invalid config: {message}")
 
 
+def ramp(start: float, end: float | None, round_: int, rounds: int) -> float:
+    """A value ramped linearly from ``start`` (round 0) to ``end`` (the last round); ``end=None``: constant.
+
+    >>> [ramp(1.0, 0.25, r, 4) for r in range(4)], ramp(1.0, None, 3, 4)
+    ([1.0, 0.75, 0.5, 0.25], 1.0)
+    """
+    if end is None:
+        return start
+    return start + (end - start) * round_ / max(1, rounds - 1)
+
+
 @dataclasses.dataclass
 class WeighConfig(ModelOptions):
     """Offline bilevel data selection: learn one weight per pool example (DESIGN §1.1)."""
@@ -180,9 +191,7 @@ class WeighConfig(ModelOptions):
 
     def gamma_at(self, round_: int) -> float:
         """The penalty of a round (0-based), ramped linearly from ``gamma`` to ``gamma_end``."""
-        end = self.gamma if self.gamma_end is None else self.gamma_end
-        frac = round_ / max(1, self.rounds - 1)
-        return self.gamma + (end - self.gamma) * frac
+        return ramp(self.gamma, self.gamma_end, round_, self.rounds)
 
     def lambda_at(self, round_: int) -> float:
         """``lite``: the validation share of a round, decaying linearly to 0."""
@@ -220,6 +229,9 @@ class RefineConfig(ModelOptions):
     """Validation pairs per step (cycled independently)."""
     model_lr: float = 2e-4
     """Adam learning rate of both models."""
+    model_lr_end: float | None = None
+    """Learning rate in the last round, ramped linearly from ``model_lr`` (``None``: constant). On SmolLM2
+    the refusal share turns once ``θ`` fits the validation set at a constant rate: benchmarks/RESULTS.md."""
     gamma: float = 1.0
     """Penalty ``γ``: ``θ`` steps on ``L_val + γ·(weighted pool loss)``."""
     bmo_tau: float = 5.0
@@ -245,9 +257,14 @@ class RefineConfig(ModelOptions):
         _check(self.regenerate_every >= 0, "regenerate_every must be >= 0")
         _check(min(self.batch_size, self.online_batch_size, self.val_batch_size) > 0, "batch sizes must be > 0")
         _check(self.model_lr > 0 and self.gamma > 0 and self.bmo_tau > 0, "model_lr, gamma, bmo_tau must be > 0")
+        _check(self.model_lr_end is None or self.model_lr_end > 0, "model_lr_end must be > 0")
         _check(self.bmo_scope in ("question", "batch", "round"), "bmo_scope must be 'question', 'batch' or 'round'")
         _check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
+
+    def lr_at(self, round_: int) -> float:
+        """The learning rate of a round (0-based), ramped linearly from ``model_lr`` to ``model_lr_end``."""
+        return ramp(self.model_lr, self.model_lr_end, round_, self.rounds)
 
 
 @dataclasses.dataclass

@@ -229,6 +229,9 @@ def refine(
     samples: list[Example] = []
     for r in range(first, config.rounds):
         t0 = time.perf_counter()
+        for w in ROLES:
+            for group in opts[w].param_groups:
+                group["lr"] = config.lr_at(r)
         lam_seen: list[float] = []
         skipped_all: list[dict[str, Any]] = []
         for s in range(config.steps_per_round):
@@ -259,7 +262,8 @@ def refine(
                                                                  if k != "_sampler"})
                    for j, ex in enumerate(online["examples"])]
         val_loss = _val_loss(pair, val_enc, config, pad, device, autocast)
-        row = _round_row(r, val_loss, samples, skipped_all, lam_seen, judge, time.perf_counter() - t0)
+        row = {**_round_row(r, val_loss, samples, skipped_all, lam_seen, judge, time.perf_counter() - t0),
+               "lr": config.lr_at(r)}
         history.append(row)
         write_examples(out / "rounds" / f"round-{r + 1}.jsonl", samples)
         write_jsonl(out / "rounds" / f"skipped-{r + 1}.jsonl", skipped_all)

@@ -309,3 +309,19 @@ def test_a_step_differentiated_part_by_part_equals_the_one_combined_loss(setup, 
         moved = max(float((a - b).detach().abs().max()) for a, b in zip(got, want, strict=True))
         assert moved < 1e-5
         assert sum(float(p.grad.abs().sum()) for p in got) > 1e-3  # both models took a real step
+
+
+def test_the_learning_rate_ramps_over_the_rounds(setup, tmp_path):
+    pool, val, weights = setup
+    make = lambda model, tok: StandIn(tok)  # noqa: E731
+    ramped = refine(pool, val, weights, _config(rounds=3, model_lr=1e-2, model_lr_end=1e-12), tmp_path / "a",
+                    generator_for=make, progress=False).history
+    assert [r["lr"] for r in ramped] == pytest.approx([1e-2, 5e-3, 1e-12])
+    const = refine(pool, val, weights, _config(rounds=3, model_lr=1e-2), tmp_path / "b", generator_for=make,
+                   progress=False).history
+    assert [r["lr"] for r in const] == [1e-2] * 3
+    # rounds 1-2 train (the validation loss moves); round 3 at ~0 learning rate leaves the models where they were
+    assert ramped[0]["val_loss"] == pytest.approx(const[0]["val_loss"], abs=1e-9)
+    assert abs(ramped[1]["val_loss"] - ramped[0]["val_loss"]) > 1e-3
+    assert abs(const[2]["val_loss"] - const[1]["val_loss"]) > 1e-3
+    assert ramped[2]["val_loss"] == pytest.approx(ramped[1]["val_loss"], abs=1e-6)
