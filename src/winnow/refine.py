@@ -28,7 +28,7 @@ from winnow.bilevel import bmo_weights, round_bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig
 from winnow.config_io import save_yaml
-from winnow.data import Example, collate, content_id, load_examples, read_examples
+from winnow.data import Example, collate, load_examples, merge_duplicates, read_examples
 from winnow.data.writers import write_examples
 from winnow.errors import WinnowError
 from winnow.generation.base import Generator, SamplingParams
@@ -104,33 +104,6 @@ def generate_round(
             good.append(replace(ex, id=f"{ex.id}-r{round_ + 1}s{k}"))
             good[-1].metadata["_sampler"] = (list(c.token_ids), list(c.logprobs))
     return good, skipped
-
-
-def merge_duplicates(examples: Sequence[Example]) -> list[Example]:
-    """Fold exact repeats (same conversation) into their first copy, adding up the weights.
-
-    A model often samples the same response twice (a templated refusal above all); each draw
-    carries weight, and a reader drops exact duplicates, so the refined set holds each
-    conversation once with the summed weight and ``metadata["copies"]``.
-
-    >>> a = Example.from_pair("q", "no", id="q-r1s0", weight=1.5)
-    >>> out = merge_duplicates([a, Example.from_pair("q", "no", id="q-r1s1", weight=0.5),
-    ...                         Example.from_pair("q", "yes", id="q-r1s2")])
-    >>> [(e.id, e.weight, e.metadata.get("copies")) for e in out]
-    [('q-r1s0', 2.0, 2), ('q-r1s2', 1.0, None)]
-    """
-    first: dict[str, int] = {}
-    out: list[Example] = []
-    for ex in examples:
-        key = content_id(ex.messages)
-        if key not in first:
-            first[key] = len(out)
-            out.append(ex)
-            continue
-        j = first[key]
-        copies = out[j].metadata.get("copies", 1) + 1
-        out[j] = replace(out[j], weight=out[j].weight + ex.weight, metadata={**out[j].metadata, "copies": copies})
-    return out
 
 
 def _why(reason: str) -> str:

@@ -1,7 +1,7 @@
 """Records, readers and writers, chat formatting with loss masks, and batching."""
 
 from winnow.data.batching import collate, epoch_batches, padding_fraction
-from winnow.data.example import Example, content_id
+from winnow.data.example import Example, content_id, merge_duplicates
 from winnow.data.formatting import Encoded, EncodedSet, encode, encode_all, render, render_prompt
 from winnow.data.readers import (
     FieldMap,
@@ -27,6 +27,7 @@ __all__ = [
     "epoch_batches",
     "check_weights_cover",
     "load_examples",
+    "merge_duplicates",
     "padding_fraction",
     "read_examples",
     "read_scores",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -81,3 +82,30 @@ def content_id(messages: tuple[Message, ...] | list[Message]) -> str:
     """
     canon = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+
+def merge_duplicates(examples: Sequence[Example]) -> list[Example]:
+    """Fold exact repeats (same conversation) into their first copy, adding up the weights.
+
+    A model often samples the same response twice (a templated refusal above all); each draw
+    carries weight, and a reader drops exact duplicates, so the refined set holds each
+    conversation once with the summed weight and ``metadata["copies"]``.
+
+    >>> a = Example.from_pair("q", "no", id="q-r1s0", weight=1.5)
+    >>> out = merge_duplicates([a, Example.from_pair("q", "no", id="q-r1s1", weight=0.5),
+    ...                         Example.from_pair("q", "yes", id="q-r1s2")])
+    >>> [(e.id, e.weight, e.metadata.get("copies")) for e in out]
+    [('q-r1s0', 2.0, 2), ('q-r1s2', 1.0, None)]
+    """
+    first: dict[str, int] = {}
+    out: list[Example] = []
+    for ex in examples:
+        key = content_id(ex.messages)
+        if key not in first:
+            first[key] = len(out)
+            out.append(ex)
+            continue
+        j = first[key]
+        copies = out[j].metadata.get("copies", 1) + 1
+        out[j] = replace(out[j], weight=out[j].weight + ex.weight, metadata={**out[j].metadata, "copies": copies})
+    return out
