@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import git_commit
 
 from winnow.config import WeighConfig
 from winnow.io import read_jsonl
@@ -179,11 +180,11 @@ def main() -> None:
 
 
 def render(results: list[dict], args: argparse.Namespace) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    commit = git_commit()
     lines = [
         "## bench_bds",
         "",
-        f"- machine: {platform.processor() or platform.machine()}, 2 cores; commit {commit.stdout.strip()}; "
+        f"- machine: {platform.processor() or platform.machine()}, 2 cores; commit {commit}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- command: `python benchmarks/bench_bds.py --tasks {args.tasks} --methods {args.methods} "
         f"--model {args.model} --max-length {args.max_length} --rounds {args.rounds} {args.extra}`",

@@ -21,12 +21,12 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import time
 from datetime import datetime, timezone
 
 import torch
 import transformers
+from _results import git_commit
 
 from winnow.generation import Completion, HFGenerator, SamplingParams
 from winnow.models import load_model
@@ -89,7 +89,7 @@ def render(args: argparse.Namespace, seconds: dict[str, list[float]], outputs: d
     """The markdown section: context lines, the table and the ratio."""
     rate = {name: tokens(outputs[name]) / statistics.median(s) for name, s in seconds.items()}
     same = sum(a[0].token_ids == b[0].token_ids for a, b in zip(*outputs.values(), strict=True))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     lines = [
         "## bench_generation",
         "",
@@ -97,7 +97,7 @@ def render(args: argparse.Namespace, seconds: dict[str, list[float]], outputs: d
         f"{load_start:.2f} at the start, {load_end:.2f} at the end (the machine is shared)",
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}",
-        f"- commit: {commit or 'unknown'} (working tree may hold uncommitted changes)",
+        f"- commit: {commit} (working tree may hold uncommitted changes)",
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "- command: `.venv/bin/python benchmarks/bench_generation.py`",
         f"- SmolLM2-135M-Instruct, {args.prompts} benign safety-task test questions, greedy, "

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _results import append_section, git_commit
 
 from winnow.config import RefineConfig
 from winnow.data import load_examples
@@ -34,8 +34,6 @@ from winnow.judge import is_refusal
 from winnow.metrics import auroc
 from winnow.refine import refine
 from winnow.tasks import build_task
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], float]:
@@ -129,8 +127,7 @@ def _stack(model: torch.nn.Module) -> torch.nn.Module:
 
 def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict], wall: float,
                   counts: dict[str, int]) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
         "## bench_refine", "",
@@ -183,8 +180,7 @@ def main() -> None:
     text = write_results(args, rows, metrics, wall, counts)
     print(text)
     if not args.no_write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        path.write_text(path.read_text(encoding="utf-8").rstrip() + "\n\n" + text, encoding="utf-8")
+        append_section(text)
 
 
 if __name__ == "__main__":

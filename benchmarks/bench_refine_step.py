@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from _results import append_section, git_commit
 
 
 def combined_step(pair, opts, config, autocast, *, kept, val, online):
@@ -133,8 +132,7 @@ def main() -> None:
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
     med = {v: {k: statistics.median(r[k] for r in rs) for k in ("step_s", "peak_rss_gb")} for v, rs in runs.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     base, new = med["combined"], med["per-part"]
     text = "\n".join([
         "## bench_refine_step", "",
@@ -154,8 +152,7 @@ def main() -> None:
     ])
     print(text)
     if not args.no_write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        path.write_text(path.read_text(encoding="utf-8").rstrip() + "\n\n" + text, encoding="utf-8")
+        append_section(text)
 
 
 if __name__ == "__main__":

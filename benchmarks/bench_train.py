@@ -32,7 +32,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from typing import Any
 
 import torch
 import yaml
+from _results import git_commit
 
 BATCH_SIZE = 8
 LR = 2e-4
@@ -402,11 +402,7 @@ def machine(command: str, load: tuple[float, float]) -> str:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()
     return (f"- machine: {cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; 1-min load "
             f"average {load[0]:.2f} at the start, {load[1]:.2f} at the end (the machine is shared)\n"
             f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
