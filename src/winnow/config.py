@@ -241,6 +241,11 @@ class RefineConfig(ModelOptions):
     """BMO normalisation: ``question`` (mean 1 over each question's responses), ``batch`` (over the
     step's online batch) or ``round`` (over every response of the round: fresh losses for the step's
     batch, the last known ones for the rest, seeded by one scoring pass after each generation)."""
+    bmo_refresh: str = "step"
+    """When the BMO weights are computed: ``step`` (every step, from the losses the step computes) or
+    ``generation`` (once per generation, from the scoring pass after it, and held until the next one:
+    alternating minimisation of the BDS objective, exact in ``λ`` for the round-start ``(θ, φ)``).
+    Per-step weights drift as ``φ`` fits what they favour: benchmarks/RESULTS.md, bench_refine."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0
@@ -260,6 +265,7 @@ class RefineConfig(ModelOptions):
         _check(self.model_lr_end is None or self.model_lr_end > 0, "model_lr_end must be > 0")
         _check(self.bmo_scope in ("question", "batch", "round"), "bmo_scope must be 'question', 'batch' or 'round'")
         _check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
+        _check(self.bmo_refresh in ("step", "generation"), "bmo_refresh must be 'step' or 'generation'")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
 
     def lr_at(self, round_: int) -> float:

@@ -216,8 +216,11 @@ def refine(
                 online = encode_online(tokenizer, samples, config)
                 skipped_all += online["dropped"]
                 batches = online_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
-                if config.bmo_scope == "round":  # every response's losses, so the first steps normalise over all
+                if config.bmo_scope == "round" or config.bmo_refresh == "generation":
+                    # every response's losses: the round scope normalises over all of them from the first
+                    # step; the `generation` refresh holds the weights they give until the next generation
                     online["known"] = _online_losses(pair, online, config, pad, device, autocast)
+                    online["held"] = _weights_of(online["known"], online, config)
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
             _, vidx = next(val_batches)
@@ -230,7 +233,10 @@ def refine(
             lam_seen += lam
 
         # --- end of round: final weights of this round's samples, validation loss, metrics ------
-        final = _final_bmo(pair, online, config, pad, device, autocast)
+        if config.bmo_refresh == "generation":  # the weights the round trained with
+            final = online.get("held", torch.zeros(0))
+        else:
+            final = _final_bmo(pair, online, config, pad, device, autocast)
         samples = [replace(ex, weight=float(final[j]), metadata={k: v for k, v in ex.metadata.items()
                                                                  if k != "_sampler"})
                    for j, ex in enumerate(online["examples"])]
@@ -296,7 +302,11 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
                 lp_o[w] = batch_token_logprobs(pair.module(w), online)
         red = config.bmo_reduction
         fresh = {w: sequence_nll(lp_o[w][0].detach(), lp_o[w][1], red) for w in ROLES}
-        if config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
+        if config.bmo_refresh == "generation":  # held since the generation (round-start θ, φ)
+            idx = online["index"].cpu()
+            lam = (bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=config.bmo_tau)
+                   if config.bmo_scope == "batch" else online["held"][idx])
+        elif config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
             known = online["known"]
             lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
                                     fresh["upper"], fresh["lower"], tau=config.bmo_tau)
@@ -328,7 +338,14 @@ def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: 
     """BMO weights of all this round's samples under the final ``θ``, ``φ`` (one pass per round, for the output)."""
     if not online["items"]:
         return torch.zeros(0)
-    seq = _online_losses(pair, online, config, pad, device, autocast)
+    return _weights_of(_online_losses(pair, online, config, pad, device, autocast), online, config)
+
+
+def _weights_of(seq: dict[str, torch.Tensor], online: dict[str, Any], config: RefineConfig) -> torch.Tensor:
+    """BMO weights of every response of the generation from their losses ``{role: (K,)}`` (mean 1 over
+    all of them, or per question with the ``question`` scope)."""
+    if not online["items"]:
+        return torch.zeros(0)
     groups = online["groups"] if config.bmo_scope == "question" else None
     return bmo_weights(seq["upper"], seq["lower"], tau=config.bmo_tau, groups=groups)
 

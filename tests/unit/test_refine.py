@@ -325,3 +325,59 @@ def test_the_learning_rate_ramps_over_the_rounds(setup, tmp_path):
     assert abs(ramped[1]["val_loss"] - ramped[0]["val_loss"]) > 1e-3
     assert abs(const[2]["val_loss"] - const[1]["val_loss"]) > 1e-3
     assert ramped[2]["val_loss"] == pytest.approx(ramped[1]["val_loss"], abs=1e-6)
+
+
+
+@pytest.mark.parametrize("scope", ["round", "question", "batch"])
+def test_generation_refresh_holds_the_round_start_weights_for_the_whole_round(setup, tmp_path, monkeypatch, scope):
+    """``bmo_refresh="generation"``: each response's λ comes from the scoring pass right after the
+    generation and stays fixed through the round's steps (``step`` refresh: it moves as θ, φ train)."""
+    import winnow.refine as refine_mod
+
+    pool, val, weights = setup
+    real_step, real_losses = refine_mod._step, refine_mod._online_losses
+    rounds: list[dict[int, list[float]]] = []  # per generation: response index -> λ at each step it was in
+    passes = {"n": 0}
+
+    def recording_step(pair, opts, config, autocast, *, kept, val, online):
+        lam = real_step(pair, opts, config, autocast, kept=kept, val=val, online=online)
+        if online is None:
+            return lam
+        if config.bmo_refresh == "generation":  # the round-start weights (normalised over the batch: `batch`)
+            held = online["held"][online["index"]]
+            want = len(held) * held / held.sum() if config.bmo_scope == "batch" else held
+            assert lam == pytest.approx(want.tolist(), rel=1e-5)
+        for j, x in zip(online["index"].tolist(), lam, strict=True):
+            rounds[-1].setdefault(j, []).append(x)
+        return lam
+
+    def counted_losses(*a, **kw):
+        passes["n"] += 1
+        return real_losses(*a, **kw)
+
+    def make(model, tok):
+        rounds.append({})
+        return StandIn(tok)
+
+    monkeypatch.setattr(refine_mod, "_step", recording_step)
+    monkeypatch.setattr(refine_mod, "_online_losses", counted_losses)
+    logs = {}
+    for refresh in ("generation", "step"):
+        rounds.clear()
+        passes["n"] = 0
+        cfg = _config(rounds=2, steps_per_round=12, online_batch_size=4, bmo_scope=scope, model_lr=1e-2, gamma=0.5,
+                      bmo_refresh=refresh)
+        refine(pool, val, weights, cfg, tmp_path / refresh, generator_for=make, progress=False)
+        # one scoring pass per generation; `step` needs one more per round for the output weights, and the
+        # round scope also one per generation to seed its normalisation
+        assert passes["n"] == {"generation": 2, "step": 4 if scope == "round" else 2}[refresh]
+        logs[refresh] = rounds[-1]  # round 2: θ ≠ φ at its start
+    held, moved = logs["generation"], logs["step"]
+    assert any(len(xs) > 1 for xs in held.values())  # a response seen in more than one step ...
+    if scope != "batch":
+        assert all(max(xs) - min(xs) < 1e-6 for xs in held.values())  # ... keeps its weight
+    assert max(xs[0] for xs in held.values()) - min(xs[0] for xs in held.values()) > 1e-3  # not uniform
+    assert any(max(xs) - min(xs) > 1e-4 for xs in moved.values() if len(xs) > 1)  # per step: it moves
+    if scope != "batch":  # the output carries the weights the round trained with
+        drawn = load_examples(tmp_path / "generation" / "rounds" / "round-2.jsonl", dedupe=False).examples
+        assert all(drawn[j].weight == pytest.approx(xs[0], abs=1e-5) for j, xs in held.items())
