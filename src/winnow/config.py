@@ -246,6 +246,10 @@ class RefineConfig(ModelOptions):
     ``generation`` (once per generation, from the scoring pass after it, and held until the next one:
     alternating minimisation of the BDS objective, exact in ``λ`` for the round-start ``(θ, φ)``).
     Per-step weights drift as ``φ`` fits what they favour: benchmarks/RESULTS.md, bench_refine."""
+    bmo_min_ess: float = 0.0
+    """With the ``generation`` refresh: raise ``τ`` for a generation's weights until their effective sample
+    size is at least this share of its responses (0: ``τ`` as given). Sequence-sum gaps can put a whole
+    round's weight on one response (ESS 1 of 90: benchmarks/RESULTS.md, bench_refine)."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0
@@ -266,6 +270,8 @@ class RefineConfig(ModelOptions):
         _check(self.bmo_scope in ("question", "batch", "round"), "bmo_scope must be 'question', 'batch' or 'round'")
         _check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
         _check(self.bmo_refresh in ("step", "generation"), "bmo_refresh must be 'step' or 'generation'")
+        _check(0 <= self.bmo_min_ess <= 1, "bmo_min_ess must be in [0, 1]")
+        _check(self.bmo_min_ess == 0 or self.bmo_refresh == "generation", "bmo_min_ess needs bmo_refresh 'generation'")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
 
     def lr_at(self, round_: int) -> float:

@@ -96,4 +96,5 @@ def online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch
     if "known" in online:  # the round's last known losses (``round`` BMO scope), updated in place by the step
         batch["known"] = online["known"]
         batch["held"] = online["held"]  # their weights (held for the round with the ``generation`` refresh)
+        batch["tau"] = online["tau"]
     return batch

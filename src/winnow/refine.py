@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from winnow import models
-from winnow.bilevel import bmo_weights, round_bmo_weights
+from winnow.bilevel import bmo_weights, ess_share, round_bmo_weights, tau_for_share
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig
 from winnow.config_io import save_yaml
@@ -220,7 +220,8 @@ def refine(
                     # every response's losses: the round scope normalises over all of them from the first
                     # step; the `generation` refresh holds the weights they give until the next generation
                     online["known"] = _online_losses(pair, online, config, pad, device, autocast)
-                    online["held"] = _weights_of(online["known"], online, config)
+                    online["tau"] = _held_tau(online, config)
+                    online["held"] = _weights_of(online["known"], online, config, tau=online["tau"])
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
             _, vidx = next(val_batches)
@@ -242,7 +243,8 @@ def refine(
                    for j, ex in enumerate(online["examples"])]
         val_loss = _val_loss(pair, val_enc, config, pad, device, autocast)
         row = {**_round_row(r, val_loss, samples, skipped_all, lam_seen, judge, time.perf_counter() - t0),
-               "lr": config.lr_at(r)}
+               "lr": config.lr_at(r), "bmo_tau": online.get("tau", config.bmo_tau),
+               "bmo_ess": ess_share(final) if len(final) else None}
         history.append(row)
         write_examples(out / "rounds" / f"round-{r + 1}.jsonl", samples)
         write_jsonl(out / "rounds" / f"skipped-{r + 1}.jsonl", skipped_all)
@@ -304,7 +306,7 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
         fresh = {w: sequence_nll(lp_o[w][0].detach(), lp_o[w][1], red) for w in ROLES}
         if config.bmo_refresh == "generation":  # held since the generation (round-start θ, φ)
             idx = online["index"].cpu()
-            lam = (bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=config.bmo_tau)
+            lam = (bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=online["tau"])
                    if config.bmo_scope == "batch" else online["held"][idx])
         elif config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
             known = online["known"]
@@ -341,13 +343,23 @@ def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: 
     return _weights_of(_online_losses(pair, online, config, pad, device, autocast), online, config)
 
 
-def _weights_of(seq: dict[str, torch.Tensor], online: dict[str, Any], config: RefineConfig) -> torch.Tensor:
+def _weights_of(seq: dict[str, torch.Tensor], online: dict[str, Any], config: RefineConfig,
+                tau: float | None = None) -> torch.Tensor:
     """BMO weights of every response of the generation from their losses ``{role: (K,)}`` (mean 1 over
     all of them, or per question with the ``question`` scope)."""
     if not online["items"]:
         return torch.zeros(0)
     groups = online["groups"] if config.bmo_scope == "question" else None
-    return bmo_weights(seq["upper"], seq["lower"], tau=config.bmo_tau, groups=groups)
+    return bmo_weights(seq["upper"], seq["lower"], tau=tau or config.bmo_tau, groups=groups)
+
+
+def _held_tau(online: dict[str, Any], config: RefineConfig) -> float:
+    """``τ`` of the generation's held weights: ``bmo_tau``, raised to keep ``bmo_min_ess`` (generation refresh)."""
+    if config.bmo_refresh != "generation" or not online["items"]:
+        return config.bmo_tau
+    groups = online["groups"] if config.bmo_scope == "question" else None
+    return tau_for_share(online["known"]["upper"], online["known"]["lower"], tau=config.bmo_tau,
+                         min_share=config.bmo_min_ess, groups=groups)
 
 
 @torch.no_grad()

@@ -381,3 +381,21 @@ def test_generation_refresh_holds_the_round_start_weights_for_the_whole_round(se
     if scope != "batch":  # the output carries the weights the round trained with
         drawn = load_examples(tmp_path / "generation" / "rounds" / "round-2.jsonl", dedupe=False).examples
         assert all(drawn[j].weight == pytest.approx(xs[0], abs=1e-5) for j, xs in held.items())
+
+
+def test_a_minimum_effective_sample_size_flattens_the_held_weights(setup, tmp_path):
+    from winnow.bilevel import ess_share
+
+    pool, val, weights = setup
+    make = lambda model, tok: StandIn(tok)  # noqa: E731
+    ess, tau = {}, {}
+    for floor in (0.0, 0.95):
+        cfg = _config(rounds=2, steps_per_round=4, bmo_scope="round", bmo_tau=0.05, model_lr=1e-2,
+                      bmo_refresh="generation", bmo_min_ess=floor)
+        rows = refine(pool, val, weights, cfg, tmp_path / str(floor), generator_for=make, progress=False).history
+        drawn = load_examples(tmp_path / str(floor) / "rounds" / "round-2.jsonl", dedupe=False).examples
+        ess[floor] = ess_share(torch.tensor([e.weight for e in drawn]))
+        tau[floor] = rows[-1]["bmo_tau"]
+        assert rows[-1]["bmo_ess"] == pytest.approx(ess[floor], abs=1e-6)
+    assert tau[0.0] == 0.05 and ess[0.0] < 0.9  # a sharp τ puts the weight on a few responses ...
+    assert tau[0.95] > 0.05 and ess[0.95] >= 0.95 - 1e-4  # ... the floor raises τ until 95 % is effective

@@ -17,6 +17,8 @@ from typing import Literal
 
 import torch
 
+from winnow.bilevel.weights import ess_share
+
 Scope = Literal["batch", "question", "round"]
 
 
@@ -59,6 +61,45 @@ def bmo_weights(
         m = g == key
         out[m] = int(m.sum()) * torch.softmax(-gap[m] / tau, dim=0)
     return out
+
+
+def tau_for_share(
+    upper_losses: torch.Tensor,
+    lower_losses: torch.Tensor,
+    *,
+    tau: float,
+    min_share: float,
+    groups: Sequence[int] | torch.Tensor | None = None,
+) -> float:
+    """The smallest temperature ``≥ tau`` at which the BMO weights keep an effective sample size of at
+    least ``min_share`` of the responses (``0``: ``tau`` as given).
+
+    Sequence-sum gaps span tens of nats, so at a fixed ``τ`` a round's weight can sit on one or two
+    responses; raising ``τ`` flattens the weights without changing their order (larger ``τ`` gives a
+    larger share: the weights tend to 1 as ``τ`` grows).
+
+    >>> gap = torch.tensor([0.0, 10.0, 20.0, 30.0])
+    >>> t = tau_for_share(gap, torch.zeros(4), tau=1.0, min_share=0.5)
+    >>> t > 1.0, round(ess_share(bmo_weights(gap, torch.zeros(4), tau=t)), 3)
+    (True, 0.5)
+    """
+    if not 0 <= min_share <= 1:
+        raise ValueError(f"min_share must be in [0, 1], got {min_share}")
+
+    def share(t: float) -> float:
+        return ess_share(bmo_weights(upper_losses, lower_losses, tau=t, groups=groups))
+
+    if min_share == 0 or upper_losses.numel() < 2 or share(tau) >= min_share:
+        return tau
+    lo, hi = tau, 2 * tau
+    for _ in range(60):  # share(∞) = 1 ≥ min_share, so doubling finds an upper end
+        if share(hi) >= min_share:
+            break
+        lo, hi = hi, 2 * hi
+    for _ in range(50):  # bisect on a log scale; return the end that meets the share
+        mid = (lo * hi) ** 0.5
+        lo, hi = (lo, mid) if share(mid) >= min_share else (mid, hi)
+    return hi
 
 
 def round_bmo_weights(

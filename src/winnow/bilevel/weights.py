@@ -85,6 +85,18 @@ def entropy_term(p: torch.Tensor) -> torch.Tensor:
     return (q * q.clamp_min(1e-30).log()).sum()
 
 
+def ess_share(p: torch.Tensor) -> float:
+    """Effective sample size ``(Σp)² / Σp²`` as a share of N: 1 for uniform weights, 1/N when all mass
+    sits on one example (0 for all-zero weights).
+
+    >>> ess_share(torch.ones(4)), ess_share(torch.tensor([4.0, 0.0, 0.0, 0.0]))
+    (1.0, 0.25)
+    """
+    p = p.detach().double()
+    total = float(p.sum())
+    return total**2 / float((p * p).sum()) / p.numel() if total > 0 else 0.0
+
+
 def weight_stats(p: torch.Tensor) -> dict[str, float]:
     """Diagnostics of a weight vector: effective sample size, entropy, bottom-decile mass.
 
@@ -93,11 +105,10 @@ def weight_stats(p: torch.Tensor) -> dict[str, float]:
     """
     n = p.numel()
     total = float(p.sum())
-    ess = total**2 / float((p**2).sum()) / n if total > 0 else 0.0
     k = max(1, n // 10)
     bottom = float(torch.sort(p).values[:k].sum()) / total if total > 0 else 0.0
     return {
-        "ess": ess,
+        "ess": ess_share(p),
         "entropy": float(-entropy_term(p)) if total > 0 else 0.0,
         "bottom_decile_mass": bottom,
         "min": float(p.min()),
