@@ -141,9 +141,10 @@ def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
     assert (out / "upper").is_dir()
 
 
-def test_resumed_refinement_equals_uninterrupted(setup, tmp_path):
+@pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5}])
+def test_resumed_refinement_equals_uninterrupted(setup, tmp_path, held):
     pool, val, weights = setup
-    cfg = _config()
+    cfg = _config(**held)
     make = lambda model, tok: StandIn(tok)  # noqa: E731
     refine(pool, val, weights, cfg, tmp_path / "a", generator_for=make, progress=False)
 
