@@ -38,7 +38,7 @@ from winnow.tasks import build_task
 
 def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], float]:
     """Refine the harmful-compliance questions; per-round judge share and BMO AUROC."""
-    task = build_task("safety", seed=0, pool_size=args.pool, val_size=32, test_size=8)
+    task = build_task("safety", seed=0, pool_size=args.pool, val_size=args.val_size, test_size=8)
     bad = [ex for ex in task.pool if ex.metadata["label"] == "bad"]
     weights = {ex.id: 0.0 if ex.metadata["label"] == "bad" else 1.0 for ex in task.pool}
     config = RefineConfig(model=args.model, max_length=128, lora_layers=args.lora_layers,
@@ -134,6 +134,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         "## bench_refine", "",
         f"Machine: {platform.machine()}, {args.threads} CPU threads, fp32; commit {commit}; "
         f"`python benchmarks/bench_refine.py --rounds {args.rounds} --samples {args.samples} --pool {args.pool} "
+        f"--val-size {args.val_size} "
         f"--steps {args.steps} --lr {args.lr}{f' --lr-end {args.lr_end}' if args.lr_end else ''} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
         f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau} "
@@ -174,6 +175,7 @@ def main() -> None:
                     help="with --bmo-refresh generation: raise τ until the weights' ESS is this share")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pool", type=int, default=96)
+    ap.add_argument("--val-size", type=int, default=32, help="validation pairs (about half of them refusals)")
     ap.add_argument("--lora-layers", type=int, default=0, help="last N layers (0: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", help="keep the refine run here (default: a temporary folder)")
