@@ -67,10 +67,10 @@ def child(variant: str, args: argparse.Namespace) -> dict:
     from winnow.config import RefineConfig
     from winnow.data import collate
     from winnow.generation import FakeGenerator
-    from winnow.online import encode_online, online_batch
+    from winnow.online import encode_online, online_batch, online_losses
     from winnow.paired import ROLES, make_pair
     from winnow.prepare import encode_for_training, prepare_model
-    from winnow.refine import _online_losses, _step, choose_questions, generate_round
+    from winnow.refine import _step, choose_questions, generate_round
     from winnow.step import to_device
     from winnow.tasks import build_task
 
@@ -87,7 +87,7 @@ def child(variant: str, args: argparse.Namespace) -> dict:
     gen = FakeGenerator(lambda q, k, seed: benign[(len(q) + k) % len(benign)], tokenizer=tok)
     samples, _ = generate_round(gen, questions, config, 0)
     online = encode_online(tok, samples, config)
-    online["known"] = _online_losses(pair, online, config, pad, cpu, contextlib.nullcontext)
+    online["known"] = online_losses(pair, online, config, pad, cpu, contextlib.nullcontext)
     kenc, venc = encode_for_training(tok, kept, config), encode_for_training(tok, task.val, config)
     opts = {w: torch.optim.Adam(pair.params(w), lr=config.model_lr) for w in ROLES}
     step = _step if variant == "per-part" else combined_step

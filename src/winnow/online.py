@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
-from winnow.bilevel import scope_groups
+from winnow.bilevel import bmo_weights, scope_groups, tau_for_share
 from winnow.config import RefineConfig
 from winnow.data import Example, collate
 from winnow.data.formatting import Encoded
-from winnow.losses import IGNORE_INDEX
+from winnow.losses import IGNORE_INDEX, sequence_nll
+from winnow.paired import ROLES
 from winnow.prepare import encode_for_training
-from winnow.step import to_device
+from winnow.step import batch_token_logprobs, to_device
 
 
 def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
@@ -98,3 +99,45 @@ def online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch
         batch["held"] = online["held"]  # their weights (held for the round with the ``generation`` refresh)
         batch["tau"] = online["tau"]
     return batch
+
+
+@torch.no_grad()
+def online_losses(pair: Any, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
+                  autocast: Any) -> dict[str, torch.Tensor]:
+    """NLL (``bmo_reduction``) of every regenerated response under ``θ`` and ``φ``: ``{role: (K,)}``
+    (one scoring pass: two forwards per response)."""
+    n = len(online["items"])
+    seq = {}
+    for w in ROLES:
+        m, vals = pair.module(w), torch.empty(n)
+        for s in range(0, n, config.online_batch_size):
+            idx = list(range(s, min(n, s + config.online_batch_size)))
+            with autocast():
+                batch = to_device(collate([online["items"][j] for j in idx], idx, pad), device)
+                lp, mk = batch_token_logprobs(m, batch)
+            vals[idx] = sequence_nll(lp, mk, config.bmo_reduction).float().cpu()
+        seq[w] = vals
+    return seq
+
+
+def online_weights(seq: dict[str, torch.Tensor], online: dict[str, Any], config: RefineConfig,
+                   tau: float | None = None) -> torch.Tensor:
+    """BMO weights of every response of the generation from their losses ``{role: (K,)}`` (mean 1 over
+    all of them, or per question with the ``question`` scope)."""
+    if not online["items"]:
+        return torch.zeros(0)
+    return bmo_weights(seq["upper"], seq["lower"], tau=tau or config.bmo_tau, groups=_groups(online, config))
+
+
+def held_weights(online: dict[str, Any], config: RefineConfig) -> tuple[float, torch.Tensor]:
+    """``(τ, weights)`` of the generation from its scoring-pass losses ``online["known"]``; with the
+    ``generation`` refresh ``τ`` is raised to keep ``bmo_min_ess`` (``tau_for_share``)."""
+    tau, known = config.bmo_tau, online["known"]
+    if config.bmo_refresh == "generation" and online["items"]:
+        tau = tau_for_share(known["upper"], known["lower"], tau=tau, min_share=config.bmo_min_ess,
+                            groups=_groups(online, config))
+    return tau, online_weights(known, online, config, tau)
+
+
+def _groups(online: dict[str, Any], config: RefineConfig) -> list[int] | None:
+    return online["groups"] if config.bmo_scope == "question" else None

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from winnow import models
-from winnow.bilevel import bmo_weights, ess_share, round_bmo_weights, tau_for_share
+from winnow.bilevel import bmo_weights, ess_share, round_bmo_weights
 from winnow.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from winnow.config import RefineConfig
 from winnow.config_io import save_yaml
@@ -35,7 +35,7 @@ from winnow.generation.base import Generator, SamplingParams
 from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
 from winnow.losses import clipped_ratio, sequence_nll
 from winnow.manifest import DONE, is_done, run_info
-from winnow.online import encode_online, online_batch, online_batches
+from winnow.online import encode_online, held_weights, online_batch, online_batches, online_losses, online_weights
 from winnow.paired import ROLES, Paired, TwoAdapters, autocast_for, make_pair
 from winnow.prepare import encode_for_training, prepare_model
 from winnow.step import batch_token_logprobs, flat_batches, to_device
@@ -219,9 +219,8 @@ def refine(
                 if config.bmo_scope == "round" or config.bmo_refresh == "generation":
                     # every response's losses: the round scope normalises over all of them from the first
                     # step; the `generation` refresh holds the weights they give until the next generation
-                    online["known"] = _online_losses(pair, online, config, pad, device, autocast)
-                    online["tau"] = _held_tau(online, config)
-                    online["held"] = _weights_of(online["known"], online, config, tau=online["tau"])
+                    online["known"] = online_losses(pair, online, config, pad, device, autocast)
+                    online["tau"], online["held"] = held_weights(online, config)
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
             _, vidx = next(val_batches)
@@ -302,19 +301,19 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
         for w in ROLES:
             with autocast():
                 lp_o[w] = batch_token_logprobs(pair.module(w), online)
-        red = config.bmo_reduction
-        fresh = {w: sequence_nll(lp_o[w][0].detach(), lp_o[w][1], red) for w in ROLES}
         if config.bmo_refresh == "generation":  # held since the generation (round-start θ, φ)
             idx = online["index"].cpu()
             lam = (bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=online["tau"])
                    if config.bmo_scope == "batch" else online["held"][idx])
-        elif config.bmo_scope == "round":  # normalised over the round: these fresh losses, the last known for the rest
-            known = online["known"]
-            lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
-                                    fresh["upper"], fresh["lower"], tau=config.bmo_tau)
         else:
-            lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau,
-                              groups=online["groups"] if config.bmo_scope == "question" else None)
+            fresh = {w: sequence_nll(lp_o[w][0].detach(), lp_o[w][1], config.bmo_reduction) for w in ROLES}
+            if config.bmo_scope == "round":  # over the round: these fresh losses, the last known for the rest
+                known = online["known"]
+                lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
+                                        fresh["upper"], fresh["lower"], tau=config.bmo_tau)
+            else:
+                lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau,
+                                  groups=online["groups"] if config.bmo_scope == "question" else None)
         ratio = (clipped_ratio(lp_o["upper"][0], online["sampler"], config.importance_clip)
                  if config.importance_clip else None)
         for w in ROLES:
@@ -340,44 +339,7 @@ def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: 
     """BMO weights of all this round's samples under the final ``θ``, ``φ`` (one pass per round, for the output)."""
     if not online["items"]:
         return torch.zeros(0)
-    return _weights_of(_online_losses(pair, online, config, pad, device, autocast), online, config)
-
-
-def _weights_of(seq: dict[str, torch.Tensor], online: dict[str, Any], config: RefineConfig,
-                tau: float | None = None) -> torch.Tensor:
-    """BMO weights of every response of the generation from their losses ``{role: (K,)}`` (mean 1 over
-    all of them, or per question with the ``question`` scope)."""
-    if not online["items"]:
-        return torch.zeros(0)
-    groups = online["groups"] if config.bmo_scope == "question" else None
-    return bmo_weights(seq["upper"], seq["lower"], tau=tau or config.bmo_tau, groups=groups)
-
-
-def _held_tau(online: dict[str, Any], config: RefineConfig) -> float:
-    """``τ`` of the generation's held weights: ``bmo_tau``, raised to keep ``bmo_min_ess`` (generation refresh)."""
-    if config.bmo_refresh != "generation" or not online["items"]:
-        return config.bmo_tau
-    groups = online["groups"] if config.bmo_scope == "question" else None
-    return tau_for_share(online["known"]["upper"], online["known"]["lower"], tau=config.bmo_tau,
-                         min_share=config.bmo_min_ess, groups=groups)
-
-
-@torch.no_grad()
-def _online_losses(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
-                   autocast: Any) -> dict[str, torch.Tensor]:
-    """NLL (``bmo_reduction``) of every regenerated response under ``θ`` and ``φ``: ``{role: (K,)}``."""
-    n = len(online["items"])
-    seq = {}
-    for w in ROLES:
-        m, vals = pair.module(w), torch.empty(n)
-        for s in range(0, n, config.online_batch_size):
-            idx = list(range(s, min(n, s + config.online_batch_size)))
-            with autocast():
-                batch = to_device(collate([online["items"][j] for j in idx], idx, pad), device)
-                lp, mk = batch_token_logprobs(m, batch)
-            vals[idx] = sequence_nll(lp, mk, config.bmo_reduction).float().cpu()
-        seq[w] = vals
-    return seq
+    return online_weights(online_losses(pair, online, config, pad, device, autocast), online, config)
 
 
 @torch.no_grad()

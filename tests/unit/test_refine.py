@@ -216,13 +216,13 @@ def test_round_scope_weighs_the_round_as_one_set_with_no_extra_forward_per_step(
 
     pool, val, weights = setup
     scoring = {"n": 0}
-    real = refine_mod._online_losses
+    real = refine_mod.online_losses
 
     def counted(*args, **kw):
         scoring["n"] += 1
         return real(*args, **kw)
 
-    monkeypatch.setattr(refine_mod, "_online_losses", counted)
+    monkeypatch.setattr(refine_mod, "online_losses", counted)
     res = refine(pool, val, weights, _config(bmo_scope="round", online_batch_size=4, gamma=0.5), tmp_path / "r",
                  generator_for=lambda model, tok: StandIn(tok), progress=False)
     regen = load_examples(tmp_path / "r" / "rounds" / "round-2.jsonl", dedupe=False).examples  # every draw
@@ -336,7 +336,7 @@ def test_generation_refresh_holds_the_round_start_weights_for_the_whole_round(se
     import winnow.refine as refine_mod
 
     pool, val, weights = setup
-    real_step, real_losses = refine_mod._step, refine_mod._online_losses
+    real_step, real_losses = refine_mod._step, refine_mod.online_losses
     rounds: list[dict[int, list[float]]] = []  # per generation: response index -> λ at each step it was in
     passes = {"n": 0}
 
@@ -361,7 +361,7 @@ def test_generation_refresh_holds_the_round_start_weights_for_the_whole_round(se
         return StandIn(tok)
 
     monkeypatch.setattr(refine_mod, "_step", recording_step)
-    monkeypatch.setattr(refine_mod, "_online_losses", counted_losses)
+    monkeypatch.setattr(refine_mod, "online_losses", counted_losses)
     logs = {}
     for refresh in ("generation", "step"):
         rounds.clear()
