@@ -158,7 +158,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     weights = read_weights(args.weights)
     check_weights_cover(weights, pool, args.weights)
     judge = (lambda text, prompt: is_refusal(text, prompt=prompt)) if args.judge_refusals else None
-    res = refine(pool, val, weights, config, args.out, start=args.start, judge=judge, progress=not args.no_progress)
+    res = refine(pool, val, weights, config, args.out, start=args.start, start_lower=args.start_lower, judge=judge,
+                 progress=not args.no_progress)
     regen = sum(ex.source == "regenerated" for ex in res.examples)
     print(f"refined data: {len(res.examples) - regen} kept pairs + {regen} regenerated responses "
           f"in {args.out}/refined.jsonl")
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", required=True, help="the trusted validation set")
     p.add_argument("--weights", required=True, help="weights.jsonl of `winnow weigh`")
     p.add_argument("--start", help="start both models from this saved adapter/model (e.g. runs/weigh/upper)")
+    p.add_argument("--start-lower", help="start the lower model φ from this one instead (e.g. runs/weigh/lower)")
     p.add_argument("--judge-refusals", action="store_true", help="log the share of regenerated refusals per round")
     p.add_argument("--out", required=True, help="output folder (re-running resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -49,23 +49,27 @@ class TwoAdapters:
     def params(self, which: str) -> list[torch.nn.Parameter]:
         return list(self._params[which].values())
 
-    def save_upper(self, folder: Path) -> None:
-        """The upper adapter alone, in peft's format."""
-        self.module("upper").save_pretrained(folder, selected_adapters=["upper"])
+    def save(self, folder: Path, which: str = "upper") -> None:
+        """One adapter alone, in peft's format."""
+        self.module(which).save_pretrained(folder, selected_adapters=[which])
 
-    def init_from(self, folder: Path) -> None:
-        """Set both adapters to an upper adapter saved by ``save_upper``."""
+    def load(self, folder: Path, which: str) -> None:
+        """Set adapter ``which`` to an adapter saved by ``save`` (either role)."""
         files = sorted(Path(folder).glob("**/adapter_model.safetensors"))
         if not files:
             raise WinnowError(f"{folder}: no adapter_model.safetensors to start from")
         saved = load_file(files[0])
         with torch.no_grad():
-            for w in ROLES:
-                for name, p in self._params[w].items():
-                    key = name.replace(f".{w}.", ".")
-                    if key not in saved:
-                        raise WinnowError(f"{files[0]}: adapter does not match the model (no {key})")
-                    p.copy_(saved[key])
+            for name, p in self._params[which].items():
+                key = name.replace(f".{which}.", ".")
+                if key not in saved:
+                    raise WinnowError(f"{files[0]}: adapter does not match the model (no {key})")
+                p.copy_(saved[key])
+
+    def init_from(self, folder: Path) -> None:
+        """Set both adapters to one saved adapter."""
+        for w in ROLES:
+            self.load(folder, w)
 
 
 class TwoModels(TwoCopies):
@@ -77,8 +81,19 @@ class TwoModels(TwoCopies):
     def module(self, which: str) -> torch.nn.Module:
         return self.models[which]
 
-    def save_upper(self, folder: Path) -> None:
-        self.models["upper"].save_pretrained(folder)
+    def save(self, folder: Path, which: str = "upper") -> None:
+        self.models[which].save_pretrained(folder)
+
+    def load(self, folder: Path, which: str) -> None:
+        """Set model ``which`` to a model saved by ``save``."""
+        files = sorted(Path(folder).glob("*.safetensors"))
+        if not files:
+            raise WinnowError(f"{folder}: no *.safetensors to start from")
+        state = {k: v for f in files for k, v in load_file(f).items()}
+        missing, unexpected = self.models[which].load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+        if missing or unexpected:
+            raise WinnowError(f"{folder}: model does not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 Paired = TwoAdapters | TwoModels

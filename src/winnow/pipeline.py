@@ -183,8 +183,9 @@ def refine_stage(config: RunConfig, data: RunData, out: Path, progress: bool = T
         from winnow.judge import is_refusal
 
         judge = lambda text, prompt: is_refusal(text, prompt=prompt)  # noqa: E731
-    refine(data.pool, data.val, _weights(out), rc, out / "refine", start=out / "weigh" / "upper", judge=judge,
-           progress=progress)
+    lower = out / "weigh" / "lower"  # absent in runs weighed before it was saved: φ then starts as θ
+    refine(data.pool, data.val, _weights(out), rc, out / "refine", start=out / "weigh" / "upper",
+           start_lower=lower if lower.exists() else None, judge=judge, progress=progress)
 
 
 def arm_data(config: RunConfig, data: RunData, out: Path, arm: str, seed: int) -> list[Example]:

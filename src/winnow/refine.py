@@ -119,6 +119,7 @@ def refine(
     out: str | Path,
     *,
     start: str | Path | None = None,
+    start_lower: str | Path | None = None,
     generator_for: Callable[[Any, Any], Generator] | None = None,
     judge: Judge | None = None,
     progress: bool = True,
@@ -130,6 +131,8 @@ def refine(
         weights: BDS weight per pool id (``weights.jsonl`` of ``winnow weigh``).
         start: the weighing stage's saved upper model (``weigh/upper``); both ``θ`` and ``φ``
             start there. ``None``: start from the base model.
+        start_lower: the weighing stage's saved lower model (``weigh/lower``); ``φ`` starts there
+            instead, so the first weights already tell the two objectives apart.
         generator_for: builds a generator from ``(upper model, tokenizer)``; default: the
             Hugging Face backend.
         judge: refusal judge for the per-round share of refusals among regenerated responses.
@@ -161,6 +164,8 @@ def refine(
         if not isinstance(pair, TwoAdapters):
             raise WinnowError(f"{start} holds a LoRA adapter but the model was loaded without LoRA")
         pair.init_from(Path(start))
+    if start_lower is not None:
+        pair.load(Path(start_lower), "lower")
     mean_p = sum(float(weights[ex.id]) for ex in kept) / len(kept)
     kept_w = [replace(ex, weight=float(weights[ex.id]) / mean_p) for ex in kept]  # mean 1 over the kept
     kept_enc = encode_for_training(tokenizer, kept_w, config)
@@ -266,7 +271,7 @@ def refine(
                for row in read_jsonl(out / "rounds" / f"skipped-{k}.jsonl")]
     write_jsonl(out / "skipped.jsonl", skipped)
     with atomic_dir(out / "upper") as tmp:
-        pair.save_upper(tmp)
+        pair.save(tmp)
         tokenizer.save_pretrained(tmp)
     write_json(out / DONE, {**run_info("refine", config), "kept": len(kept_w), "regenerated": len(samples),
                             "questions": len(questions)})

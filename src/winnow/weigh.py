@@ -51,8 +51,8 @@ def weigh(
     """Learn a weight per pool example (BDS or its lite variant) and write them under ``out``.
 
     Writes ``weights.jsonl`` (id, weight, logit, rank, upper and lower loss), ``snapshots.json``
-    (weights after every round), ``diagnostics.json``, ``metrics.jsonl``, the upper model
-    (``upper/``) and ``done.json`` last. Re-running resumes from the last finished round.
+    (weights after every round), ``diagnostics.json``, ``metrics.jsonl``, the upper and lower
+    models (``upper/``, ``lower/``) and ``done.json`` last. Re-running resumes from the last finished round.
 
     Returns:
         ``{id: weight}`` for every pool example (0 for examples too long to train on).
@@ -111,9 +111,10 @@ def weigh(
     diag = {**(result.history[-1] if result.history else {}), "dropped": pool_enc.dropped,
             "collapsed": bool(result.history and result.history[-1]["ess"] < 0.1)}
     write_json(out / "diagnostics.json", diag)
-    with atomic_dir(out / "upper") as tmp:
-        paired.save_upper(tmp)
-        tokenizer.save_pretrained(tmp)
+    for which in ("upper", "lower"):  # refine continues both
+        with atomic_dir(out / which) as tmp:
+            paired.save(tmp, which)
+            tokenizer.save_pretrained(tmp)
     write_json(out / DONE, {**run_info("weigh", config), "pool": len(pool), "scored": len(ids)})
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return weights

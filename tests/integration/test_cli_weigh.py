@@ -36,7 +36,7 @@ def test_weigh_then_select_writes_weights_by_id(tmp_path, pool_val):
     snaps = json.loads((out / "snapshots.json").read_text())
     assert len(snaps["rounds"]) == 3 and len(snaps["rounds"][0]) == 40
     assert [r["round"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
-    assert (out / "upper" / "model.safetensors").exists() and (out / "done.json").exists()
+    assert all((out / w / "model.safetensors").exists() for w in ("upper", "lower")) and (out / "done.json").exists()
 
     for budget, kept in (("0.75", 30), ("0.5", 20)):  # another budget never re-weighs
         sel = tmp_path / f"sel{budget}"

@@ -400,3 +400,28 @@ def test_a_minimum_effective_sample_size_flattens_the_held_weights(setup, tmp_pa
         assert rows[-1]["bmo_ess"] == pytest.approx(ess[floor], abs=1e-6)
     assert tau[0.0] == 0.05 and ess[0.0] < 0.9  # a sharp τ puts the weight on a few responses ...
     assert tau[0.95] > 0.05 and ess[0.95] >= 0.95 - 1e-4  # ... the floor raises τ until 95 % is effective
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_refine_continues_both_models_of_the_weighing_stage(setup, tmp_path, lora):
+    """``weigh`` saves ``θ`` and ``φ``; started from both, the first generation's held weights already tell
+    them apart, where started from ``θ`` alone they are all 1 (``θ = φ``)."""
+    from winnow.config import WeighConfig
+    from winnow.paired import ROLES
+    from winnow.weigh import weigh
+
+    pool, val, weights = setup
+    lora_kw = dict(lora=True, lora_r=4) if lora else {}
+    weigh(pool, val, WeighConfig(model="tiny", max_length=64, batch_size=4, rounds=1, steps_per_round=3,
+                                 model_lr=1e-2, seed=0, **lora_kw), tmp_path / "w", progress=False)
+    saved = {w: tmp_path / "w" / w for w in ROLES}
+    cfg = _config(rounds=1, steps_per_round=1, model_lr=1e-8, bmo_scope="round", bmo_refresh="generation", **lora_kw)
+    make = lambda model, tok: StandIn(tok)  # noqa: E731
+    held = {}
+    for name, lower in (("theta", None), ("both", saved["lower"])):
+        refine(pool, val, weights, cfg, tmp_path / name, start=saved["upper"], start_lower=lower,
+               generator_for=make, progress=False)
+        drawn = load_examples(tmp_path / name / "rounds" / "round-1.jsonl", dedupe=False).examples
+        held[name] = [e.weight for e in drawn]
+    assert held["theta"] == pytest.approx([1.0] * len(held["theta"]), abs=1e-6)
+    assert max(abs(x - 1) for x in held["both"]) > 1e-3 and sum(held["both"]) == pytest.approx(len(held["both"]))
