@@ -48,7 +48,7 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
                           model_lr_end=args.lr_end, gamma=args.gamma,
                           bmo_reduction=args.bmo_reduction, bmo_scope=args.bmo_scope,
                           bmo_tau=args.bmo_tau, bmo_refresh=args.bmo_refresh,
-                          bmo_min_ess=args.bmo_min_ess)
+                          bmo_min_ess=args.bmo_min_ess, online_sampling=args.online_sampling)
     t0 = time.perf_counter()
     refine(task.pool, task.val, weights, config, out, judge=lambda t, p: is_refusal(t, prompt=p))
     wall = time.perf_counter() - t0
@@ -138,7 +138,7 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"--steps {args.steps} --lr {args.lr}{f' --lr-end {args.lr_end}' if args.lr_end else ''} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
         f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau} "
-        f"--bmo-refresh {args.bmo_refresh} --bmo-min-ess {args.bmo_min_ess}`;"
+        f"--bmo-refresh {args.bmo_refresh} --bmo-min-ess {args.bmo_min_ess} --online-sampling {args.online_sampling}`;"
         f" model {args.model} + LoRA ({f'last {args.lora_layers}' if args.lora_layers else 'all'} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
@@ -173,6 +173,8 @@ def main() -> None:
                     help="BMO weights every step, or once per generation and held for the round")
     ap.add_argument("--bmo-min-ess", type=float, default=0.0,
                     help="with --bmo-refresh generation: raise τ until the weights' ESS is this share")
+    ap.add_argument("--online-sampling", default="uniform", choices=["uniform", "weighted"],
+                    help="with --bmo-refresh generation: draw a step's responses in proportion to the held weights")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pool", type=int, default=96)
     ap.add_argument("--val-size", type=int, default=32, help="validation pairs (about half of them refusals)")

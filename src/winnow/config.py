@@ -250,6 +250,11 @@ class RefineConfig(ModelOptions):
     """With the ``generation`` refresh: raise ``τ`` for a generation's weights until their effective sample
     size is at least this share of its responses (0: ``τ`` as given). Sequence-sum gaps can put a whole
     round's weight on one response (ESS 1 of 90: benchmarks/RESULTS.md, bench_refine)."""
+    online_sampling: str = "uniform"
+    """How a step's regenerated responses are drawn: ``uniform`` (each trained with its ``λ``) or, with the
+    ``generation`` refresh, ``weighted`` (drawn in proportion to the held ``λ``, each with weight 1: the same
+    expected loss, but a response carrying most of a round's weight is in most steps rather than in two
+    steps with a huge weight, which Adam's normalisation largely discards)."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0
@@ -272,6 +277,9 @@ class RefineConfig(ModelOptions):
         _check(self.bmo_refresh in ("step", "generation"), "bmo_refresh must be 'step' or 'generation'")
         _check(0 <= self.bmo_min_ess <= 1, "bmo_min_ess must be in [0, 1]")
         _check(self.bmo_min_ess == 0 or self.bmo_refresh == "generation", "bmo_min_ess needs bmo_refresh 'generation'")
+        _check(self.online_sampling in ("uniform", "weighted"), "online_sampling must be 'uniform' or 'weighted'")
+        _check(self.online_sampling == "uniform" or (self.bmo_refresh == "generation" and self.bmo_scope != "batch"),
+               "online_sampling 'weighted' needs bmo_refresh 'generation' and bmo_scope 'round' or 'question'")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
 
     def lr_at(self, round_: int) -> float:

@@ -62,13 +62,20 @@ def encode_online(tokenizer: Any, samples: list[Example], config: RefineConfig) 
     return {"items": enc.items, "examples": examples, "sampler": lps, "groups": groups, "dropped": dropped}
 
 
-def online_batches(online: dict[str, Any], config: RefineConfig, seed: int):
+def online_batches(online: dict[str, Any], config: RefineConfig, seed: int, weights: torch.Tensor | None = None):
     """Endless batches of about ``online_batch_size`` regenerated responses.
 
-    With the ``question`` BMO scope a batch holds whole questions (all ``G`` responses together,
-    so each is normalised over its own group); otherwise responses are shuffled across questions,
-    so a batch is a fair sample of the round rather than a few questions' answers.
+    With ``weights`` (the held BMO weights, ``online_sampling="weighted"``) each batch is drawn with
+    replacement in proportion to them. Otherwise, with the ``question`` BMO scope a batch holds whole
+    questions (all ``G`` responses together, so each is normalised over its own group); else responses
+    are shuffled across questions, so a batch is a fair sample of the round rather than a few
+    questions' answers.
     """
+    if weights is not None:
+        gen = torch.Generator().manual_seed(seed)
+        while True:
+            draw = torch.multinomial(weights.double(), config.online_batch_size, replacement=True, generator=gen)
+            yield draw.tolist()
     if config.bmo_scope != "question":
         rng = random.Random(seed)
         order = list(range(len(online["items"])))

@@ -220,12 +220,14 @@ def refine(
                 skipped_all += skipped
                 online = encode_online(tokenizer, samples, config)
                 skipped_all += online["dropped"]
-                batches = online_batches(online, config, seed=config.seed + 7919 * (r + 1) + s)
                 if config.bmo_scope == "round" or config.bmo_refresh == "generation":
                     # every response's losses: the round scope normalises over all of them from the first
                     # step; the `generation` refresh holds the weights they give until the next generation
                     online["known"] = online_losses(pair, online, config, pad, device, autocast)
                     online["tau"], online["held"] = held_weights(online, config)
+                weighted = config.online_sampling == "weighted" and online["items"]
+                batches = online_batches(online, config, seed=config.seed + 7919 * (r + 1) + s,
+                                         weights=online["held"] if weighted else None)
             # --- one step of θ and φ ---------------------------------------------------------
             _, kidx = next(kept_batches)
             _, vidx = next(val_batches)
@@ -308,8 +310,12 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
                 lp_o[w] = batch_token_logprobs(pair.module(w), online)
         if config.bmo_refresh == "generation":  # held since the generation (round-start θ, φ)
             idx = online["index"].cpu()
-            lam = (bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=online["tau"])
-                   if config.bmo_scope == "batch" else online["held"][idx])
+            if config.online_sampling == "weighted":  # drawn in proportion to the held λ
+                lam = torch.ones(len(idx))
+            elif config.bmo_scope == "batch":
+                lam = bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=online["tau"])
+            else:
+                lam = online["held"][idx]
         else:
             fresh = {w: sequence_nll(lp_o[w][0].detach(), lp_o[w][1], config.bmo_reduction) for w in ROLES}
             if config.bmo_scope == "round":  # over the round: these fresh losses, the last known for the rest

@@ -141,7 +141,7 @@ def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
     assert (out / "upper").is_dir()
 
 
-@pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5}])
+@pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5, "online_sampling": "weighted"}])
 def test_resumed_refinement_equals_uninterrupted(setup, tmp_path, held):
     pool, val, weights = setup
     cfg = _config(**held)
@@ -425,3 +425,39 @@ def test_refine_continues_both_models_of_the_weighing_stage(setup, tmp_path, lor
         held[name] = [e.weight for e in drawn]
     assert held["theta"] == pytest.approx([1.0] * len(held["theta"]), abs=1e-6)
     assert max(abs(x - 1) for x in held["both"]) > 1e-3 and sum(held["both"]) == pytest.approx(len(held["both"]))
+
+
+def test_weighted_online_sampling_draws_in_proportion_to_the_held_weights(setup, tmp_path, monkeypatch):
+    """``online_sampling="weighted"``: a step's responses are drawn ∝ the held λ and trained with weight 1."""
+    import winnow.refine as refine_mod
+    from winnow.online import online_batches
+
+    # the batches alone: frequencies follow the weights, a zero weight is never drawn
+    w = torch.tensor([0.0, 1.0, 3.0, 0.0, 4.0])
+    cfg = _config(bmo_refresh="generation", bmo_scope="round", online_sampling="weighted", online_batch_size=8)
+    batches = online_batches({"items": [None] * 5}, cfg, seed=3, weights=w)
+    counts = torch.bincount(torch.tensor([j for _ in range(500) for j in next(batches)]), minlength=5)
+    assert counts[0] == 0 and counts[3] == 0
+    assert (counts / counts.sum()).tolist() == pytest.approx([0, 0.125, 0.375, 0, 0.5], abs=0.02)
+
+    # in a run: every drawn response has weight 1 and the draws favour the heavy ones
+    pool, val, weights = setup
+    real_step = refine_mod._step
+    seen: list[tuple[list[int], list[float], torch.Tensor]] = []
+
+    def recording_step(pair, opts, config, autocast, *, kept, val, online):
+        lam = real_step(pair, opts, config, autocast, kept=kept, val=val, online=online)
+        if online is not None:
+            seen.append((online["index"].tolist(), lam, online["held"]))
+        return lam
+
+    monkeypatch.setattr(refine_mod, "_step", recording_step)
+    cfg = _config(rounds=2, steps_per_round=12, online_batch_size=4, bmo_scope="round", model_lr=1e-2, gamma=0.5,
+                  bmo_tau=0.05, bmo_refresh="generation", online_sampling="weighted")
+    refine(pool, val, weights, cfg, tmp_path / "w", generator_for=lambda m, t: StandIn(t), progress=False)
+    round2 = seen[12:]
+    assert all(lam == [1.0] * len(idx) for idx, lam, _ in seen)
+    held = round2[0][2]
+    assert held.std() > 0.5  # a sharp τ: some responses carry far more than others ...
+    drawn = [float(held[j]) for idx, _, _ in round2 for j in idx]
+    assert sum(drawn) / len(drawn) > 1.5  # ... and they are drawn far more often (uniform draws: mean 1)
