@@ -66,16 +66,15 @@ def online_batches(online: dict[str, Any], config: RefineConfig, seed: int, weig
     """Endless batches of about ``online_batch_size`` regenerated responses.
 
     With ``weights`` (the held BMO weights, ``online_sampling="weighted"``) each batch is drawn with
-    replacement in proportion to them. Otherwise, with the ``question`` BMO scope a batch holds whole
-    questions (all ``G`` responses together, so each is normalised over its own group); else responses
-    are shuffled across questions, so a batch is a fair sample of the round rather than a few
-    questions' answers.
+    replacement in proportion to them (``min(online_batch_size, responses)`` draws). Otherwise, with
+    the ``question`` BMO scope a batch holds whole questions (all ``G`` responses together, so each is
+    normalised over its own group); else responses are shuffled across questions, so a batch is a
+    fair sample of the round rather than a few questions' answers.
     """
-    if weights is not None:
-        gen = torch.Generator().manual_seed(seed)
+    if weights is not None:  # no more draws than responses: the same expected loss as uniform batches
+        gen, k = torch.Generator().manual_seed(seed), min(config.online_batch_size, len(weights))
         while True:
-            draw = torch.multinomial(weights.double(), config.online_batch_size, replacement=True, generator=gen)
-            yield draw.tolist()
+            yield torch.multinomial(weights.double(), k, replacement=True, generator=gen).tolist()
     if config.bmo_scope != "question":
         rng = random.Random(seed)
         order = list(range(len(online["items"])))

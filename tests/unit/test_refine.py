@@ -439,6 +439,8 @@ def test_weighted_online_sampling_draws_in_proportion_to_the_held_weights(setup,
     counts = torch.bincount(torch.tensor([j for _ in range(500) for j in next(batches)]), minlength=5)
     assert counts[0] == 0 and counts[3] == 0
     assert (counts / counts.sum()).tolist() == pytest.approx([0, 0.125, 0.375, 0, 0.5], abs=0.02)
+    one = online_batches({"items": [None]}, cfg, seed=3, weights=torch.tensor([1.0]))
+    assert next(one) == [0]  # one response: a batch of one, as with uniform batches
 
     # in a run: every drawn response has weight 1 and the draws favour the heavy ones
     pool, val, weights = setup
