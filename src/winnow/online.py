@@ -72,9 +72,9 @@ def online_batches(online: dict[str, Any], config: RefineConfig, seed: int, weig
     fair sample of the round rather than a few questions' answers.
     """
     if weights is not None:  # no more draws than responses: the same expected loss as uniform batches
-        gen, k = torch.Generator().manual_seed(seed), min(config.online_batch_size, len(weights))
+        gen, k, w = torch.Generator().manual_seed(seed), min(config.online_batch_size, len(weights)), weights.double()
         while True:
-            yield torch.multinomial(weights.double(), k, replacement=True, generator=gen).tolist()
+            yield torch.multinomial(w, k, replacement=True, generator=gen).tolist()
     if config.bmo_scope != "question":
         rng = random.Random(seed)
         order = list(range(len(online["items"])))

@@ -111,7 +111,7 @@ def weigh(
     diag = {**(result.history[-1] if result.history else {}), "dropped": pool_enc.dropped,
             "collapsed": bool(result.history and result.history[-1]["ess"] < 0.1)}
     write_json(out / "diagnostics.json", diag)
-    for which in ("upper", "lower"):  # refine continues both
+    for which in ROLES:  # refine continues both
         with atomic_dir(out / which) as tmp:
             paired.save(tmp, which)
             tokenizer.save_pretrained(tmp)
