@@ -255,6 +255,12 @@ class RefineConfig(ModelOptions):
     ``generation`` refresh, ``weighted`` (drawn in proportion to the held ``λ``, each with weight 1: the same
     expected loss, but a response carrying most of a round's weight is in most steps rather than in two
     steps with a huge weight, which Adam's normalisation largely discards)."""
+    bmo_gap: str = "models"
+    """Which two models' losses the BMO weights compare: ``models`` (the trained ``θ`` and ``φ``) or, with the
+    ``generation`` refresh, ``val_step``: the current ``θ`` (as ``φ``) and a copy of it after one optimiser step
+    on the whole validation set (as ``θ``), so ``l(θ') − l(θ) ≈ −η⟨∇l, ∇L_val⟩`` is the weighing stage's
+    first-order influence score. The trained pair's gap fades once ``θ`` fits the validation set (their
+    difference is then ``≈ γ⁻¹H⁻¹∇L_val``); one fresh Adam step is ``≈ η·sign(∇L_val)``, whatever its size."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0
@@ -280,6 +286,9 @@ class RefineConfig(ModelOptions):
         _check(self.online_sampling in ("uniform", "weighted"), "online_sampling must be 'uniform' or 'weighted'")
         _check(self.online_sampling == "uniform" or (self.bmo_refresh == "generation" and self.bmo_scope != "batch"),
                "online_sampling 'weighted' needs bmo_refresh 'generation' and bmo_scope 'round' or 'question'")
+        _check(self.bmo_gap in ("models", "val_step"), "bmo_gap must be 'models' or 'val_step'")
+        _check(self.bmo_gap == "models" or self.bmo_refresh == "generation", "bmo_gap 'val_step' needs bmo_refresh "
+               "'generation' (one validation step per generation, not per training step)")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
 
     def lr_at(self, round_: int) -> float:

@@ -13,11 +13,11 @@ import torch
 from winnow.bilevel import bmo_weights, scope_groups, tau_for_share
 from winnow.config import RefineConfig
 from winnow.data import Example, collate
-from winnow.data.formatting import Encoded
+from winnow.data.formatting import Encoded, EncodedSet
 from winnow.losses import IGNORE_INDEX, sequence_nll
 from winnow.paired import ROLES
 from winnow.prepare import encode_for_training
-from winnow.step import batch_token_logprobs, to_device
+from winnow.step import batch_token_logprobs, to_device, weighted_step
 
 
 def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
@@ -109,12 +109,12 @@ def online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch
 
 @torch.no_grad()
 def online_losses(pair: Any, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
-                  autocast: Any) -> dict[str, torch.Tensor]:
+                  autocast: Any, roles: Sequence[str] = ROLES) -> dict[str, torch.Tensor]:
     """NLL (``bmo_reduction``) of every regenerated response under ``θ`` and ``φ``: ``{role: (K,)}``
     (one scoring pass: two forwards per response)."""
     n = len(online["items"])
     seq = {}
-    for w in ROLES:
+    for w in roles:
         m, vals = pair.module(w), torch.empty(n)
         for s in range(0, n, config.online_batch_size):
             idx = list(range(s, min(n, s + config.online_batch_size)))
@@ -124,6 +124,27 @@ def online_losses(pair: Any, online: dict[str, Any], config: RefineConfig, pad: 
             vals[idx] = sequence_nll(lp, mk, config.bmo_reduction).float().cpu()
         seq[w] = vals
     return seq
+
+
+def probe_losses(pair: Any, online: dict[str, Any], val: EncodedSet, config: RefineConfig, lr: float, pad: int,
+                 device: torch.device, autocast: Any) -> dict[str, torch.Tensor]:
+    """Every response's NLL under ``θ`` (as ``lower``) and under ``θ`` after one fresh Adam step of rate ``lr``
+    on the whole validation set (as ``upper``): the ``val_step`` gap. ``θ`` is restored afterwards."""
+    if not online["items"]:
+        return {w: torch.zeros(0) for w in ROLES}
+    before = online_losses(pair, online, config, pad, device, autocast, roles=("upper",))["upper"]
+    params = pair.params("upper")
+    saved = [p.detach().clone() for p in params]
+    n = len(val.items)
+    micro = [(to_device(collate([val.items[j] for j in idx], idx, pad), device), torch.ones(len(idx), device=device))
+             for idx in (list(range(s, min(n, s + config.val_batch_size))) for s in range(0, n, config.val_batch_size))]
+    weighted_step(pair.module("upper"), torch.optim.Adam(params, lr=lr), micro, params=params, max_grad_norm=0,
+                  autocast=autocast)
+    after = online_losses(pair, online, config, pad, device, autocast, roles=("upper",))["upper"]
+    with torch.no_grad():
+        for p, s in zip(params, saved, strict=True):
+            p.copy_(s)
+    return {"upper": after, "lower": before}
 
 
 def online_weights(seq: dict[str, torch.Tensor], online: dict[str, Any], config: RefineConfig,

@@ -35,7 +35,15 @@ from winnow.generation.base import Generator, SamplingParams
 from winnow.io import append_jsonl, atomic_dir, read_jsonl, write_json, write_jsonl
 from winnow.losses import clipped_ratio, sequence_nll
 from winnow.manifest import DONE, is_done, run_info
-from winnow.online import encode_online, held_weights, online_batch, online_batches, online_losses, online_weights
+from winnow.online import (
+    encode_online,
+    held_weights,
+    online_batch,
+    online_batches,
+    online_losses,
+    online_weights,
+    probe_losses,
+)
 from winnow.paired import ROLES, Paired, TwoAdapters, autocast_for, make_pair
 from winnow.prepare import encode_for_training, prepare_model
 from winnow.step import batch_token_logprobs, flat_batches, to_device
@@ -223,7 +231,9 @@ def refine(
                 if config.bmo_scope == "round" or config.bmo_refresh == "generation":
                     # every response's losses: the round scope normalises over all of them from the first
                     # step; the `generation` refresh holds the weights they give until the next generation
-                    online["known"] = online_losses(pair, online, config, pad, device, autocast)
+                    online["known"] = (probe_losses(pair, online, val_enc, config, config.lr_at(r), pad, device,
+                                                    autocast) if config.bmo_gap == "val_step" else
+                                       online_losses(pair, online, config, pad, device, autocast))
                     online["tau"], online["held"] = held_weights(online, config)
                 weighted = config.online_sampling == "weighted" and online["items"]
                 batches = online_batches(online, config, seed=config.seed + 7919 * (r + 1) + s,

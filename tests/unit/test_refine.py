@@ -463,3 +463,44 @@ def test_weighted_online_sampling_draws_in_proportion_to_the_held_weights(setup,
     assert held.std() > 0.5  # a sharp τ: some responses carry far more than others ...
     drawn = [float(held[j]) for idx, _, _ in round2 for j in idx]
     assert sum(drawn) / len(drawn) > 1.5  # ... and they are drawn far more often (uniform draws: mean 1)
+
+
+def test_val_step_gap_is_one_validation_step_of_theta_and_favours_what_validation_teaches(setup, tiny):
+    """``bmo_gap="val_step"``: ``lower`` = losses under ``θ``, ``upper`` = under ``θ`` after one fresh Adam step on
+    the whole validation set (``θ`` restored after); with refusals in validation, refusals gain the most."""
+    import contextlib
+    import copy
+
+    from winnow.online import encode_online, online_losses, probe_losses
+    from winnow.paired import TwoModels
+    from winnow.prepare import encode_for_training
+
+    model, tok = tiny
+    pool, _, _ = setup
+    val = [ex.with_response(REFUSAL) for ex in pool[:8]]
+    cfg = _config(bmo_refresh="generation", bmo_gap="val_step", val_batch_size=3)
+    gen = StandIn(tok).generate([q.prompt_messages for q in pool[8:20]], SamplingParams(max_new_tokens=64, n=1))
+    samples = []
+    for q, (c,) in zip(pool[8:20], gen, strict=True):
+        samples.append(q.with_response(c.text, source="regenerated", metadata={"round": 1}))
+        samples[-1].metadata["_sampler"] = (list(c.token_ids), list(c.logprobs))
+    online = encode_online(tok, samples, cfg)
+    pair, pad, cpu = TwoModels(model), tok.pad_token_id, torch.device("cpu")
+    before = [p.detach().clone() for p in pair.params("upper")]
+    got = probe_losses(pair, online, encode_for_training(tok, val, cfg), cfg, 1e-2, pad, cpu, contextlib.nullcontext)
+    assert all(torch.equal(p, b) for p, b in zip(pair.params("upper"), before, strict=True))  # θ restored
+    assert got["lower"] == pytest.approx(online_losses(pair, online, cfg, pad, cpu, contextlib.nullcontext,
+                                                       roles=("upper",))["upper"].tolist(), rel=1e-5)
+    # by hand: one Adam step from a fresh state on the mean validation NLL
+    stepped = copy.deepcopy(pair.module("upper"))
+    venc = encode_for_training(tok, val, cfg)
+    opt = torch.optim.Adam([p for p in stepped.parameters() if p.requires_grad], lr=1e-2)
+    idx = list(range(len(venc.items)))
+    sequence_nll(*batch_token_logprobs(stepped, collate([venc.items[i] for i in idx], idx, pad))).mean().backward()
+    opt.step()
+    by_hand = online_losses(TwoModels(stepped), online, cfg, pad, cpu, contextlib.nullcontext, roles=("upper",))
+    assert got["upper"].tolist() == pytest.approx(by_hand["upper"].tolist(), rel=1e-4, abs=1e-4)
+    gain = got["lower"] - got["upper"]
+    refusal = torch.tensor([ex.response == REFUSAL for ex in online["examples"]])
+    assert 0 < int(refusal.sum()) < len(refusal)
+    assert gain[refusal].min() > gain[~refusal].max()  # every refusal gains more than every answer
