@@ -49,7 +49,7 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
                           bmo_reduction=args.bmo_reduction, bmo_scope=args.bmo_scope,
                           bmo_tau=args.bmo_tau, bmo_refresh=args.bmo_refresh,
                           bmo_min_ess=args.bmo_min_ess, online_sampling=args.online_sampling,
-                          bmo_gap=args.bmo_gap)
+                          bmo_gap=args.bmo_gap, lower_data=args.lower_data)
     t0 = time.perf_counter()
     refine(task.pool, task.val, weights, config, out, judge=lambda t, p: is_refusal(t, prompt=p))
     wall = time.perf_counter() - t0
@@ -179,6 +179,8 @@ def main() -> None:
     ap.add_argument("--bmo-gap", default="models", choices=["models", "val_step"],
                     help="BMO weights from the trained θ, φ or from one validation step of θ "
                          "(needs --bmo-refresh generation)")
+    ap.add_argument("--lower-data", default="all", choices=["all", "kept"],
+                    help="what φ trains on: the kept pairs and the weighted responses, or the kept pairs alone")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pool", type=int, default=96)
     ap.add_argument("--val-size", type=int, default=32, help="validation pairs (about half of them refusals)")

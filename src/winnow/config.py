@@ -261,6 +261,12 @@ class RefineConfig(ModelOptions):
     on the whole validation set (as ``θ``), so ``l(θ') − l(θ) ≈ −η⟨∇l, ∇L_val⟩`` is the weighing stage's
     first-order influence score. The trained pair's gap fades once ``θ`` fits the validation set (their
     difference is then ``≈ γ⁻¹H⁻¹∇L_val``); one fresh Adam step is ``≈ η·sign(∇L_val)``, whatever its size."""
+    lower_data: str = "all"
+    """What ``φ`` trains on: ``all`` (the kept pairs and the weighted regenerated ones, as ``θ``) or ``kept`` (the
+    kept pairs alone). With ``all``, ``φ`` fits the responses the weights favoured faster than ``θ``, whose steps
+    the validation term shares, so next round's similar responses score ``l(θ) > l(φ)`` and the weights turn;
+    with ``kept``, ``l(θ) − l(φ)`` is what ``θ`` learned from the validation set and its own weighted responses
+    beyond the kept data."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0
@@ -289,6 +295,7 @@ class RefineConfig(ModelOptions):
         _check(self.bmo_gap in ("models", "val_step"), "bmo_gap must be 'models' or 'val_step'")
         _check(self.bmo_gap == "models" or self.bmo_refresh == "generation", "bmo_gap 'val_step' needs bmo_refresh "
                "'generation' (one validation step per generation, not per training step)")
+        _check(self.lower_data in ("all", "kept"), "lower_data must be 'all' or 'kept'")
         _check(self.importance_clip >= 0, "importance_clip must be >= 0")
 
     def lr_at(self, round_: int) -> float:

@@ -300,7 +300,7 @@ def _hf_generator(model: Any, tokenizer: Any) -> Generator:
 def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineConfig, autocast: Any, *,
           kept: tuple[dict[str, torch.Tensor], torch.Tensor], val: dict[str, torch.Tensor],
           online: dict[str, Any] | None) -> list[float]:
-    """One step of ``φ`` on the weighted data and ``θ`` on ``L_val + γ·`` the same; returns the BMO weights.
+    """One step of ``φ`` on the weighted data (``lower_data``) and ``θ`` on ``L_val + γ·`` it; returns the BMO weights.
 
     Each model does one forward over each batch; the BMO weights come from the sequence losses
     of those same forwards (detached), so they cost no extra pass. The loss is a sum of parts
@@ -308,15 +308,19 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
     two online graphs, which λ needs together, are alive at once, not all five.
     """
     kb, kp = kept
-    n = kb["input_ids"].shape[0] + (online["input_ids"].shape[0] if online is not None else 0)
-    scale = {"upper": config.gamma / n, "lower": 1.0 / n}  # the weight of the data term in each model's loss
+    n_kept, n_online = kb["input_ids"].shape[0], online["input_ids"].shape[0] if online is not None else 0
+    # the roles that train on the online batch, and those whose losses on it the step needs
+    trains = ROLES if config.lower_data == "all" else ("upper",)
+    scores = ROLES if config.bmo_refresh == "step" else trains
+    scale = {w: (config.gamma if w == "upper" else 1.0) / (n_kept + (n_online if w in trains else 0))
+             for w in ROLES}  # the weight of the data term (a mean over what the model trains on) in its loss
     for w in ROLES:
         opts[w].zero_grad(set_to_none=True)
     lam = torch.zeros(0)
     if online is not None:
         lp_o = {}
-        for w in ROLES:
-            with autocast():
+        for w in scores:
+            with autocast(), torch.set_grad_enabled(w in trains):
                 lp_o[w] = batch_token_logprobs(pair.module(w), online)
         if config.bmo_refresh == "generation":  # held since the generation (round-start θ, φ)
             idx = online["index"].cpu()
@@ -337,7 +341,7 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
                                   groups=online["groups"] if config.bmo_scope == "question" else None)
         ratio = (clipped_ratio(lp_o["upper"][0], online["sampler"], config.importance_clip)
                  if config.importance_clip else None)
-        for w in ROLES:
+        for w in trains:
             lp, mask = lp_o.pop(w)
             pair.module(w)  # backward accumulates only into the active (trainable) adapter
             (scale[w] * (lam.to(lp.device) * sequence_nll(lp, mask, token_weights=ratio)).sum()).backward()

@@ -250,10 +250,11 @@ def test_a_round_with_nothing_trainable_still_finishes_with_the_kept_pairs(setup
     assert len(again.examples) == 18  # done: read back, nothing re-run
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_a_step_differentiated_part_by_part_equals_the_one_combined_loss(setup, lora):
+@pytest.mark.parametrize(("lora", "lower_data"), [(False, "all"), (True, "all"), (False, "kept")])
+def test_a_step_differentiated_part_by_part_equals_the_one_combined_loss(setup, lora, lower_data):
     """``_step`` back-propagates the online, kept and validation parts one at a time (to free their
-    graphs early); the update must equal one backward of ``L_val + γ·data`` for θ and ``data`` for φ."""
+    graphs early); the update must equal one backward of ``L_val + γ·data`` for θ and ``data`` for φ
+    (with ``lower_data="kept"``, φ's data is the kept batch alone)."""
     from winnow.bilevel import bmo_weights
     from winnow.online import encode_online, online_batch
     from winnow.paired import ROLES, make_pair
@@ -262,7 +263,7 @@ def test_a_step_differentiated_part_by_part_equals_the_one_combined_loss(setup, 
     from winnow.step import to_device
 
     pool, val, weights = setup
-    cfg = _config(lora=lora, lora_r=4, gamma=2.0, importance_clip=10.0)
+    cfg = _config(lora=lora, lora_r=4, gamma=2.0, importance_clip=10.0, lower_data=lower_data)
     kept, questions = choose_questions(pool, weights, cfg.keep_top, 0.0, 0)
     texts = [m["content"] for ex in [*pool, *val] for m in ex.messages]
     pairs, tok = [], None
@@ -297,8 +298,11 @@ def test_a_step_differentiated_part_by_part_equals_the_one_combined_loss(setup, 
     assert float((ratio - 1).abs().max()) > 0.1
     for w in ROLES:
         m = ref.module(w)
-        data = ((kp * sequence_nll(*batch_token_logprobs(m, kb))).sum()
-                + (want_lam * sequence_nll(*lp[w], token_weights=ratio)).sum()) / (4 + 6)
+        on_kept = (kp * sequence_nll(*batch_token_logprobs(m, kb))).sum()
+        if w == "lower" and lower_data == "kept":
+            data = on_kept / 4
+        else:
+            data = (on_kept + (want_lam * sequence_nll(*lp[w], token_weights=ratio)).sum()) / (4 + 6)
         loss = sequence_nll(*batch_token_logprobs(m, vb)).mean() + 2.0 * data if w == "upper" else data
         ref_opts[w].zero_grad()
         loss.backward()
