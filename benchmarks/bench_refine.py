@@ -139,7 +139,8 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"--steps {args.steps} --lr {args.lr}{f' --lr-end {args.lr_end}' if args.lr_end else ''} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
         f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau} "
-        f"--bmo-refresh {args.bmo_refresh} --bmo-min-ess {args.bmo_min_ess} --online-sampling {args.online_sampling}`;"
+        f"--bmo-refresh {args.bmo_refresh} --bmo-min-ess {args.bmo_min_ess} --online-sampling {args.online_sampling} "
+        f"--bmo-gap {args.bmo_gap} --lower-data {args.lower_data}`;"
         f" model {args.model} + LoRA ({f'last {args.lora_layers}' if args.lora_layers else 'all'} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
