@@ -256,17 +256,14 @@ class RefineConfig(ModelOptions):
     expected loss, but a response carrying most of a round's weight is in most steps rather than in two
     steps with a huge weight, which Adam's normalisation largely discards)."""
     bmo_gap: str = "models"
-    """Which two models' losses the BMO weights compare: ``models`` (the trained ``θ`` and ``φ``) or, with the
-    ``generation`` refresh, ``val_step``: the current ``θ`` (as ``φ``) and a copy of it after one optimiser step
-    on the whole validation set (as ``θ``), so ``l(θ') − l(θ) ≈ −η⟨∇l, ∇L_val⟩`` is the weighing stage's
-    first-order influence score. The trained pair's gap fades once ``θ`` fits the validation set (their
-    difference is then ``≈ γ⁻¹H⁻¹∇L_val``); one fresh Adam step is ``≈ η·sign(∇L_val)``, whatever its size."""
+    """The two models the BMO weights compare: ``models`` (the trained ``θ``, ``φ``) or, with the ``generation``
+    refresh, ``val_step``: ``θ`` against a copy after one fresh Adam step on the validation set (the weighing
+    stage's first-order gap). On SmolLM2 that ranks compliances first once ``θ`` fits the validation set."""
     lower_data: str = "all"
-    """What ``φ`` trains on: ``all`` (the kept pairs and the weighted regenerated ones, as ``θ``) or ``kept`` (the
-    kept pairs alone). With ``all``, ``φ`` fits the responses the weights favoured faster than ``θ``, whose steps
-    the validation term shares, so next round's similar responses score ``l(θ) > l(φ)`` and the weights turn;
-    with ``kept``, ``l(θ) − l(φ)`` is what ``θ`` learned from the validation set and its own weighted responses
-    beyond the kept data."""
+    """What ``φ`` trains on: ``all`` (kept pairs + weighted responses, as ``θ``) or ``kept`` (kept pairs alone).
+    With ``all``, ``φ`` fits the favoured responses faster than ``θ`` and next round's weights turn against them;
+    with ``kept``, ``l(θ) − l(φ)`` is what ``θ`` learned beyond the kept data (on SmolLM2: AUROC 0.89–0.98 in
+    every round, the share rising to 0.74). Both measured: benchmarks/RESULTS.md, bench_refine."""
     bmo_reduction: str = "sum"
     """NLL behind the BMO weights: ``sum`` (sequence NLL: the importance ratio ``π_θ/π_φ``) or ``mean``."""
     importance_clip: float = 10.0

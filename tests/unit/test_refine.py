@@ -141,7 +141,8 @@ def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
     assert (out / "upper").is_dir()
 
 
-@pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5, "online_sampling": "weighted"}])
+@pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5, "online_sampling": "weighted"},
+                                  {"bmo_refresh": "generation", "lower_data": "kept", "online_sampling": "weighted"}])
 def test_resumed_refinement_equals_uninterrupted(setup, tmp_path, held):
     pool, val, weights = setup
     cfg = _config(**held)
