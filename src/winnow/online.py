@@ -13,6 +13,7 @@ import torch
 from winnow.bilevel import bmo_weights, scope_groups, tau_for_share
 from winnow.config import RefineConfig
 from winnow.data import Example, collate
+from winnow.data.batching import epoch_batches
 from winnow.data.formatting import Encoded, EncodedSet
 from winnow.losses import IGNORE_INDEX, sequence_nll
 from winnow.paired import ROLES
@@ -135,9 +136,8 @@ def probe_losses(pair: Any, online: dict[str, Any], val: EncodedSet, config: Ref
     before = online_losses(pair, online, config, pad, device, autocast, roles=("upper",))["upper"]
     params = pair.params("upper")
     saved = [p.detach().clone() for p in params]
-    n = len(val.items)
     micro = [(to_device(collate([val.items[j] for j in idx], idx, pad), device), torch.ones(len(idx), device=device))
-             for idx in (list(range(s, min(n, s + config.val_batch_size))) for s in range(0, n, config.val_batch_size))]
+             for idx in epoch_batches(val.lengths, config.val_batch_size, seed=0, epoch=0, shuffle=False)]
     weighted_step(pair.module("upper"), torch.optim.Adam(params, lr=lr), micro, params=params, max_grad_norm=0,
                   autocast=autocast)
     after = online_losses(pair, online, config, pad, device, autocast, roles=("upper",))["upper"]
