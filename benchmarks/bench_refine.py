@@ -47,7 +47,7 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
                           steps_per_round=args.steps, temperature=args.temperature, model_lr=args.lr,
                           model_lr_end=args.lr_end, gamma=args.gamma,
                           bmo_reduction=args.bmo_reduction, bmo_scope=args.bmo_scope,
-                          bmo_tau=args.bmo_tau, bmo_refresh=args.bmo_refresh,
+                          bmo_tau=args.bmo_tau, bmo_form=args.bmo_form, bmo_refresh=args.bmo_refresh,
                           bmo_min_ess=args.bmo_min_ess, online_sampling=args.online_sampling,
                           bmo_gap=args.bmo_gap, lower_data=args.lower_data)
     t0 = time.perf_counter()
@@ -64,6 +64,11 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
         skipped = [s for s in read_jsonl(out / "rounds" / f"skipped-{r}.jsonl") if s["parent_id"] in bad_ids]
         refused_cut = [is_refusal(s.get("response", ""), prompt=s.get("prompt")) for s in skipped]
         generated = len(samples) + len(skipped)
+        per_q = {q: 0 for q in bad_ids}  # refusals among each refined question's draws (cut ones too)
+        for ex, y in zip(samples, refused, strict=True):
+            per_q[ex.parent_id] += y
+        for s, y in zip(skipped, refused_cut, strict=True):
+            per_q[s["parent_id"]] += y
         rows.append({
             "round": r, "generated": generated, "trained_on": len(samples),
             "refusal_share_all": (sum(refused) + sum(refused_cut)) / max(1, generated),
@@ -71,6 +76,9 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
             "bmo_auroc": auroc([ex.weight for ex in samples], refused) if 0 < sum(refused) < len(refused) else None,
             "bmo_refusal_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if y]),
             "bmo_compliance_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if not y]),
+            "questions_none": sum(v == 0 for v in per_q.values()),
+            "questions_all": sum(v == args.samples for v in per_q.values()),
+            "trained_zero": sum(ex.weight == 0 for ex in samples),
         })
     return rows, read_jsonl(out / "metrics.jsonl"), wall
 
@@ -139,19 +147,24 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"--steps {args.steps} --lr {args.lr}{f' --lr-end {args.lr_end}' if args.lr_end else ''} --gamma {args.gamma} "
         f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} "
         f"--bmo-reduction {args.bmo_reduction} --bmo-scope {args.bmo_scope} --bmo-tau {args.bmo_tau} "
+        f"--bmo-form {args.bmo_form} "
         f"--bmo-refresh {args.bmo_refresh} --bmo-min-ess {args.bmo_min_ess} --online-sampling {args.online_sampling} "
         f"--bmo-gap {args.bmo_gap} --lower-data {args.lower_data}`;"
         f" model {args.model} + LoRA ({f'last {args.lora_layers}' if args.lora_layers else 'all'} layers); "
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
         "| round | generated | trained on | judge refusals (of generated) | (of trained on) | BMO AUROC "
-        "refusal > compliance | mean λ refusals | mean λ compliances | val loss after round |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "refusal > compliance | mean λ refusals | mean λ compliances | λ = 0 | ESS | τ | questions never / always "
+        "refused | val loss after round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, m in zip(rows, metrics, strict=True):
+        ess = "–" if m.get("bmo_ess") is None else f"{m['bmo_ess'] * row['trained_on']:.1f}"
         lines.append(f"| {row['round']} | {row['generated']} | {row['trained_on']} | {row['refusal_share_all']:.2f} | "
                      f"{row['refusal_share_trained']:.2f} | {fmt(row['bmo_auroc'])} | {fmt(row['bmo_refusal_mean'])} | "
-                     f"{fmt(row['bmo_compliance_mean'])} | {m['val_loss']:.3f} |")
+                     f"{fmt(row['bmo_compliance_mean'])} | {row['trained_zero']} | "
+                     f"{ess} | {m.get('bmo_tau', 0):.1f} | "
+                     f"{row['questions_none']} / {row['questions_all']} | {m['val_loss']:.3f} |")
     lines += ["", f"Model forward passes per training step: {counts['bmo']} with BMO weights, {counts['uniform']} "
               f"with uniform weights on the regenerated pairs → {counts['bmo'] - counts['uniform']} extra "
               "(tiny model, counted with forward hooks).", ""]
@@ -171,6 +184,8 @@ def main() -> None:
     ap.add_argument("--bmo-reduction", default="sum")
     ap.add_argument("--bmo-scope", default="round")
     ap.add_argument("--bmo-tau", type=float, default=5.0)
+    ap.add_argument("--bmo-form", default="softmax", choices=["softmax", "sparsemax"],
+                    help="BMO weights as the entropy- (softmax) or quadratic-regularised optimum (sparsemax: exact 0s)")
     ap.add_argument("--bmo-refresh", default="step", choices=["step", "generation"],
                     help="BMO weights every step, or once per generation and held for the round")
     ap.add_argument("--bmo-min-ess", type=float, default=0.0,

@@ -237,6 +237,9 @@ class RefineConfig(ModelOptions):
     bmo_tau: float = 5.0
     """BMO temperature ``τ`` (1: the plain importance ratio ``π_θ/π_φ``; with sequence sums it puts the
     whole round's weight on a few responses, so the default flattens it: benchmarks/RESULTS.md)."""
+    bmo_form: str = "softmax"
+    """BMO weights as the optimum of BDS with an entropy (``softmax``) or a quadratic (``sparsemax``) regulariser:
+    the same order, but ``sparsemax`` gives responses far worse than the best exactly 0 (never trained on)."""
     bmo_scope: str = "round"
     """BMO normalisation: ``question`` (mean 1 over each question's responses), ``batch`` (over the
     step's online batch) or ``round`` (over every response of the round: fresh losses for the step's
@@ -282,6 +285,7 @@ class RefineConfig(ModelOptions):
         _check(self.model_lr > 0 and self.gamma > 0 and self.bmo_tau > 0, "model_lr, gamma, bmo_tau must be > 0")
         _check(self.model_lr_end is None or self.model_lr_end > 0, "model_lr_end must be > 0")
         _check(self.bmo_scope in ("question", "batch", "round"), "bmo_scope must be 'question', 'batch' or 'round'")
+        _check(self.bmo_form in ("softmax", "sparsemax"), "bmo_form must be 'softmax' or 'sparsemax'")
         _check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
         _check(self.bmo_refresh in ("step", "generation"), "bmo_refresh must be 'step' or 'generation'")
         _check(0 <= self.bmo_min_ess <= 1, "bmo_min_ess must be in [0, 1]")

@@ -153,7 +153,8 @@ def online_weights(seq: dict[str, torch.Tensor], online: dict[str, Any], config:
     all of them, or per question with the ``question`` scope)."""
     if not online["items"]:
         return torch.zeros(0)
-    return bmo_weights(seq["upper"], seq["lower"], tau=tau or config.bmo_tau, groups=_groups(online, config))
+    return bmo_weights(seq["upper"], seq["lower"], tau=tau or config.bmo_tau, groups=_groups(online, config),
+                       form=config.bmo_form)
 
 
 def held_weights(online: dict[str, Any], config: RefineConfig) -> tuple[float, torch.Tensor]:
@@ -162,7 +163,7 @@ def held_weights(online: dict[str, Any], config: RefineConfig) -> tuple[float, t
     tau, known = config.bmo_tau, online["known"]
     if config.bmo_refresh == "generation" and online["items"]:
         tau = tau_for_share(known["upper"], known["lower"], tau=tau, min_share=config.bmo_min_ess,
-                            groups=_groups(online, config))
+                            groups=_groups(online, config), form=config.bmo_form)
     return tau, online_weights(known, online, config, tau)
 
 

@@ -327,7 +327,8 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
             if config.online_sampling == "weighted":  # drawn in proportion to the held λ
                 lam = torch.ones(len(idx))
             elif config.bmo_scope == "batch":
-                lam = bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=online["tau"])
+                lam = bmo_weights(online["known"]["upper"][idx], online["known"]["lower"][idx], tau=online["tau"],
+                                  form=config.bmo_form)
             else:
                 lam = online["held"][idx]
         else:
@@ -335,9 +336,9 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
             if config.bmo_scope == "round":  # over the round: these fresh losses, the last known for the rest
                 known = online["known"]
                 lam = round_bmo_weights(known["upper"], known["lower"], online["index"].cpu(),
-                                        fresh["upper"], fresh["lower"], tau=config.bmo_tau)
+                                        fresh["upper"], fresh["lower"], tau=config.bmo_tau, form=config.bmo_form)
             else:
-                lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau,
+                lam = bmo_weights(fresh["upper"], fresh["lower"], tau=config.bmo_tau, form=config.bmo_form,
                                   groups=online["groups"] if config.bmo_scope == "question" else None)
         ratio = (clipped_ratio(lp_o["upper"][0], online["sampler"], config.importance_clip)
                  if config.importance_clip else None)

@@ -88,3 +88,53 @@ def test_round_scope_normalises_a_batch_over_the_whole_round_and_keeps_the_lates
     worst, best = torch.argsort(gap)[-3:], torch.argsort(gap)[:3]
     assert float(round_bmo_weights(up, lo, worst, up[worst], lo[worst]).max()) < float(
         round_bmo_weights(up, lo, best, up[best], lo[best]).min())
+
+
+def test_sparsemax_bmo_is_the_optimum_of_quadratic_regularised_bds():
+    """``form="sparsemax"``: the exact minimiser of ``mean p·gap + (τ/2) Σ (p/N)²`` over mean-one weights."""
+    from winnow.bilevel.bmo import sparsemax
+
+    torch.manual_seed(1)
+    n = 12
+    gap = (torch.rand(n, dtype=torch.float64) - 0.5) * 4
+    for tau in (0.2, 1.0, 5.0):
+        p = bmo_weights(gap, torch.zeros(n, dtype=torch.float64), tau=tau, form="sparsemax").double()
+        q = p / n
+        assert float(q.sum()) == pytest.approx(1.0) and bool((q >= 0).all())
+        # KKT of the simplex QP: on the support gap + τq is one constant, off it gap is at least that constant
+        on = q > 0
+        level = gap[on] + tau * q[on]
+        assert torch.allclose(level, level[0].expand_as(level), atol=1e-12)
+        assert bool((gap[~on] >= level[0] - 1e-12).all())
+
+        def objective(p: torch.Tensor, tau: float = tau) -> torch.Tensor:
+            return (p * gap).mean() + tau / 2 * ((p / n) ** 2).sum()
+
+        for _ in range(20):  # any other mean-one weighting scores no better
+            other = n * sparsemax(torch.randn(n, dtype=torch.float64) * 3)
+            assert float(objective(p)) <= float(objective(other)) + 1e-12
+    assert int((bmo_weights(gap, torch.zeros(n), tau=0.2, form="sparsemax") == 0).sum()) > n // 2  # exact zeros
+
+
+def test_sparsemax_keeps_the_softmax_order_and_zeros_what_softmax_keeps_small():
+    gap = torch.tensor([0.0, 1.0, 0.0, 2.0, 30.0, 40.0])
+    soft = bmo_weights(gap, torch.zeros(6), tau=2.0)
+    sparse = bmo_weights(gap, torch.zeros(6), tau=2.0, form="sparsemax")
+    assert sparse[0] == sparse[2] and abs(float(sparse.mean()) - 1) < 1e-6  # identical responses, mean 1
+    assert torch.equal(torch.argsort(-soft, stable=True)[:4], torch.argsort(-sparse, stable=True)[:4])
+    assert bool((soft[4:] > 0).all()) and sparse[4:].tolist() == [0.0, 0.0]
+    grouped = bmo_weights(gap, torch.zeros(6), tau=2.0, form="sparsemax", groups=[0, 0, 0, 1, 1, 1])
+    assert grouped[:3].mean() == pytest.approx(1.0) and grouped[3:].tolist() == [3.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown BMO form"):
+        bmo_weights(gap, torch.zeros(6), form="hardmax")
+
+
+def test_an_ess_floor_widens_the_sparsemax_support():
+    from winnow.bilevel import ess_share, tau_for_share
+
+    gap = torch.linspace(0, 60, 40)
+    sharp = bmo_weights(gap, torch.zeros(40), tau=1.0, form="sparsemax")
+    tau = tau_for_share(gap, torch.zeros(40), tau=1.0, min_share=0.3, form="sparsemax")
+    wide = bmo_weights(gap, torch.zeros(40), tau=tau, form="sparsemax")
+    assert int((sharp > 0).sum()) == 1 and tau > 1.0
+    assert ess_share(wide) == pytest.approx(0.3, abs=1e-4) and 12 <= int((wide > 0).sum()) < 40

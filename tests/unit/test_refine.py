@@ -12,6 +12,7 @@ import torch
 from winnow.config import RefineConfig
 from winnow.data import Example, collate, load_examples, read_examples
 from winnow.data.formatting import encode
+from winnow.errors import WinnowError
 from winnow.generation.base import Completion, SamplingParams
 from winnow.losses import clipped_ratio, sequence_nll, shift, token_logprobs
 from winnow.online import sampler_logprobs
@@ -509,3 +510,29 @@ def test_val_step_gap_is_one_validation_step_of_theta_and_favours_what_validatio
     refusal = torch.tensor([ex.response == REFUSAL for ex in online["examples"]])
     assert 0 < int(refusal.sum()) < len(refusal)
     assert gain[refusal].min() > gain[~refusal].max()  # every refusal gains more than every answer
+
+
+def test_sparsemax_held_weights_never_train_on_the_zero_weighted_responses(setup, tmp_path, monkeypatch):
+    """``bmo_form="sparsemax"``: responses far below the best get exactly 0, are never drawn into a step, and
+    are written with weight 0 (the weights written are the ones trained with)."""
+    import winnow.refine as refine_mod
+
+    pool, val, weights = setup
+    real_step = refine_mod._step
+    drawn: list[tuple[int, float]] = []
+
+    def recording_step(pair, opts, config, autocast, *, kept, val, online):
+        if online is not None:
+            drawn.extend((int(j), float(online["held"][j])) for j in online["index"])
+        return real_step(pair, opts, config, autocast, kept=kept, val=val, online=online)
+
+    monkeypatch.setattr(refine_mod, "_step", recording_step)
+    cfg = _config(rounds=2, steps_per_round=6, online_batch_size=4, bmo_scope="round", model_lr=1e-2,
+                  bmo_tau=0.5, bmo_form="sparsemax", bmo_refresh="generation", online_sampling="weighted")
+    res = refine(pool, val, weights, cfg, tmp_path / "s", generator_for=lambda m, t: StandIn(t), progress=False)
+    written = [e.weight for e in load_examples(tmp_path / "s" / "rounds" / "round-2.jsonl", dedupe=False).examples]
+    assert 0 < written.count(0.0) < len(written) and sum(written) == pytest.approx(len(written), rel=1e-5)
+    assert drawn and min(w for _, w in drawn) > 0  # a zero-weighted response is never in a step
+    assert res.history[-1]["bmo_min"] == 0.0
+    with pytest.raises(WinnowError, match="bmo_form"):
+        _config(bmo_form="hardmax")

@@ -8,6 +8,11 @@ weight. Both losses come out of the training step anyway, so the weights cost no
 They are also the exact optimum of entropy-regularised softmax BDS for fixed ``(θ, φ)``:
 ``argmin_{p = N·softmax(ω)}  mean_k p_k·gap_k + τ Σ (p_k/N) log(p_k/N)`` is ``p ∝ exp(−gap/τ)``
 (``tests/unit/test_bmo.py`` checks it against gradient descent on ``ω``).
+
+``form="sparsemax"`` swaps the entropy for the quadratic regulariser ``(τ/2) Σ (p_k/N)²``; the optimum
+over mean-one weights is then ``p = N·sparsemax(−gap/τ)`` (the Euclidean projection of ``−gap/τ`` onto
+the simplex): the same order, but a response whose gap lies more than about ``τ`` above the best ones
+gets exactly 0 — it is never trained on — where the softmax keeps a tail of small positive weights.
 """
 
 from __future__ import annotations
@@ -20,6 +25,35 @@ import torch
 from winnow.bilevel.weights import ess_share
 
 Scope = Literal["batch", "question", "round"]
+Form = Literal["softmax", "sparsemax"]
+
+
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of ``z`` ``(K,)`` onto the probability simplex (Martins & Astudillo, 2016).
+
+    ``argmin_{q ≥ 0, Σq = 1} ||q − z||²`` is ``max(z − η, 0)`` with the threshold ``η`` chosen so the
+    result sums to 1; entries more than ``1`` below the largest are always 0.
+
+    >>> sparsemax(torch.tensor([3.0, 1.0, 0.0])).tolist()
+    [1.0, 0.0, 0.0]
+    >>> sparsemax(torch.tensor([0.5, 0.25, -2.0])).tolist()
+    [0.625, 0.375, 0.0]
+    """
+    srt, _ = torch.sort(z, descending=True)  # (K,)
+    k = torch.arange(1, z.numel() + 1, device=z.device, dtype=z.dtype)
+    cum = srt.cumsum(0)
+    support = int((1 + k * srt > cum).sum())  # the largest k with 1 + k·z_(k) > Σ_{j≤k} z_(j)
+    eta = (cum[support - 1] - 1) / support
+    return torch.clamp(z - eta, min=0)
+
+
+def _normalised(z: torch.Tensor, form: Form) -> torch.Tensor:
+    """Mean-one weights ``K·softmax(z)`` or ``K·sparsemax(z)`` over one scope."""
+    if form == "softmax":
+        return z.numel() * torch.softmax(z, dim=0)
+    if form == "sparsemax":
+        return z.numel() * sparsemax(z)
+    raise ValueError(f"unknown BMO form {form!r}")
 
 
 def bmo_weights(
@@ -28,6 +62,7 @@ def bmo_weights(
     *,
     tau: float = 1.0,
     groups: Sequence[int] | torch.Tensor | None = None,
+    form: Form = "softmax",
 ) -> torch.Tensor:
     """BMO weights ``(K,)`` from per-response losses under ``θ`` (upper) and ``φ`` (lower).
 
@@ -38,6 +73,8 @@ def bmo_weights(
         tau: temperature; large ``τ`` flattens the weights towards 1.
         groups: ``None`` normalises over the whole batch (mean 1 over ``K``); otherwise one group
             id per response (e.g. its question) and the weights have mean 1 within each group.
+        form: ``softmax`` (the entropy-regularised optimum) or ``sparsemax`` (the quadratic-regularised
+            one: exact zeros for responses far worse than the best).
 
     Returns:
         Detached weights with mean 1 over their scope.
@@ -47,19 +84,21 @@ def bmo_weights(
     >>> w = bmo_weights(torch.tensor([0.0, 1.0]), torch.zeros(2))
     >>> round(float(w[0] / w[1]), 4) == round(float(torch.e), 4)
     True
+    >>> bmo_weights(torch.tensor([0.0, 0.5, 9.0]), torch.zeros(3), form="sparsemax").tolist()
+    [2.25, 0.75, 0.0]
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     gap = (upper_losses.detach() - lower_losses.detach()).float()  # (K,)
     if groups is None:
-        return gap.numel() * torch.softmax(-gap / tau, dim=0)
+        return _normalised(-gap / tau, form)
     g = torch.as_tensor(groups, device=gap.device).long()
     if g.shape != gap.shape:
         raise ValueError(f"groups has shape {tuple(g.shape)}, losses {tuple(gap.shape)}")
     out = torch.empty_like(gap)
     for key in torch.unique(g):
         m = g == key
-        out[m] = int(m.sum()) * torch.softmax(-gap[m] / tau, dim=0)
+        out[m] = _normalised(-gap[m] / tau, form)
     return out
 
 
@@ -70,6 +109,7 @@ def tau_for_share(
     tau: float,
     min_share: float,
     groups: Sequence[int] | torch.Tensor | None = None,
+    form: Form = "softmax",
 ) -> float:
     """The smallest temperature ``≥ tau`` at which the BMO weights keep an effective sample size of at
     least ``min_share`` of the responses (``0``: ``tau`` as given).
@@ -87,7 +127,7 @@ def tau_for_share(
         raise ValueError(f"min_share must be in [0, 1], got {min_share}")
 
     def share(t: float) -> float:
-        return ess_share(bmo_weights(upper_losses, lower_losses, tau=t, groups=groups))
+        return ess_share(bmo_weights(upper_losses, lower_losses, tau=t, groups=groups, form=form))
 
     if min_share == 0 or upper_losses.numel() < 2 or share(tau) >= min_share:
         return tau
@@ -110,6 +150,7 @@ def round_bmo_weights(
     lower_losses: torch.Tensor,
     *,
     tau: float = 1.0,
+    form: Form = "softmax",
 ) -> torch.Tensor:
     """BMO weights of a batch normalised over a whole round of responses (the ``round`` scope).
 
@@ -125,7 +166,7 @@ def round_bmo_weights(
     """
     known_upper[idx] = upper_losses.detach().to(known_upper)
     known_lower[idx] = lower_losses.detach().to(known_lower)
-    return bmo_weights(known_upper, known_lower, tau=tau)[idx]
+    return bmo_weights(known_upper, known_lower, tau=tau, form=form)[idx]
 
 
 def scope_groups(parents: Sequence[str], scope: Scope) -> list[int] | None:
