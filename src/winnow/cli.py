@@ -20,7 +20,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config_args(p: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per config field, documented by the field's docstring in ``config.py``."""
+    """One ``--flag`` per config field, documented by the field's docstring in ``winnow.config``."""
     from winnow.config_io import field_docs
 
     docs = field_docs(cls)
@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("run", help="the whole pipeline from a run config (weigh, select, refine, train arms, eval)")
-    p.add_argument("--config", required=True, help="run YAML (see `RunConfig` in winnow/config.py)")
+    p.add_argument("--config", required=True, help="run YAML (see `RunConfig` in winnow/config/run.py)")
     p.add_argument("--out", required=True, help="run directory (re-running resumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)

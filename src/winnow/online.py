@@ -15,10 +15,10 @@ from winnow.config import RefineConfig
 from winnow.data import Example, collate
 from winnow.data.batching import epoch_batches
 from winnow.data.formatting import Encoded, EncodedSet
-from winnow.losses import IGNORE_INDEX, sequence_nll
+from winnow.losses import IGNORE_INDEX
 from winnow.paired import ROLES
 from winnow.prepare import encode_for_training
-from winnow.step import batch_token_logprobs, to_device, weighted_step
+from winnow.step import dataset_losses, to_device, weighted_step
 
 
 def sampler_logprobs(enc: Encoded, token_ids: Sequence[int], logprobs: Sequence[float]) -> list[float]:
@@ -108,23 +108,13 @@ def online_batch(online: dict[str, Any], idx: list[int], pad: int, device: torch
     return batch
 
 
-@torch.no_grad()
 def online_losses(pair: Any, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
                   autocast: Any, roles: Sequence[str] = ROLES) -> dict[str, torch.Tensor]:
     """NLL (``bmo_reduction``) of every regenerated response under ``θ`` and ``φ``: ``{role: (K,)}``
     (one scoring pass: two forwards per response)."""
-    n = len(online["items"])
-    seq = {}
-    for w in roles:
-        m, vals = pair.module(w), torch.empty(n)
-        for s in range(0, n, config.online_batch_size):
-            idx = list(range(s, min(n, s + config.online_batch_size)))
-            with autocast():
-                batch = to_device(collate([online["items"][j] for j in idx], idx, pad), device)
-                lp, mk = batch_token_logprobs(m, batch)
-            vals[idx] = sequence_nll(lp, mk, config.bmo_reduction).float().cpu()
-        seq[w] = vals
-    return seq
+    data = EncodedSet(online["items"], list(range(len(online["items"]))))
+    return {w: dataset_losses(pair.module(w), data, pad_id=pad, batch_size=config.online_batch_size, device=device,
+                              reduction=config.bmo_reduction, autocast=autocast) for w in roles}
 
 
 def probe_losses(pair: Any, online: dict[str, Any], val: EncodedSet, config: RefineConfig, lr: float, pad: int,

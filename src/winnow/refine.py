@@ -46,7 +46,7 @@ from winnow.online import (
 )
 from winnow.paired import ROLES, Paired, TwoAdapters, autocast_for, make_pair
 from winnow.prepare import encode_for_training, prepare_model
-from winnow.step import batch_token_logprobs, flat_batches, to_device
+from winnow.step import batch_token_logprobs, dataset_losses, flat_batches, to_device
 
 log = logging.getLogger(__name__)
 
@@ -368,16 +368,9 @@ def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: 
     return online_weights(online_losses(pair, online, config, pad, device, autocast), online, config)
 
 
-@torch.no_grad()
 def _val_loss(pair: Paired, val_enc: Any, config: RefineConfig, pad: int, device: torch.device, autocast: Any) -> float:
-    m, total = pair.module("upper"), 0.0
-    n = len(val_enc.items)
-    for s in range(0, n, config.val_batch_size):
-        idx = list(range(s, min(n, s + config.val_batch_size)))
-        with autocast():
-            total += float(sequence_nll(*batch_token_logprobs(
-                m, to_device(collate([val_enc.items[j] for j in idx], idx, pad), device))).sum())
-    return total / n
+    return float(dataset_losses(pair.module("upper"), val_enc, pad_id=pad, batch_size=config.val_batch_size,
+                                device=device, autocast=autocast).mean())
 
 
 def _round_row(r: int, val_loss: float, samples: list[Example], skipped: list[dict[str, Any]], lam: list[float],
