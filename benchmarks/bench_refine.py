@@ -74,6 +74,10 @@ def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[di
             "refusal_share_all": (sum(refused) + sum(refused_cut)) / max(1, generated),
             "refusal_share_trained": sum(refused) / max(1, len(samples)),
             "bmo_auroc": auroc([ex.weight for ex in samples], refused) if 0 < sum(refused) < len(refused) else None,
+            # the order the weights come from (sparsemax ties every weight below its cut at 0)
+            "gap_auroc": (auroc([-ex.metadata["loss_gap"] for ex in samples], refused)
+                          if 0 < sum(refused) < len(refused) and samples[0].metadata.get("loss_gap") is not None
+                          else None),
             "bmo_refusal_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if y]),
             "bmo_compliance_mean": _mean([ex.weight for ex, y in zip(samples, refused, strict=True) if not y]),
             "questions_none": sum(v == 0 for v in per_q.values()),
@@ -154,14 +158,15 @@ def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict
         f"wall {wall / 60:.1f} min. Refined questions: the pool's harmful-compliance ones. Round k's responses "
         "come from θ after k−1 rounds of refinement; one run (sampling seed 0).", "",
         "| round | generated | trained on | judge refusals (of generated) | (of trained on) | BMO AUROC "
-        "refusal > compliance | mean λ refusals | mean λ compliances | λ = 0 | ESS | τ | questions never / always "
-        "refused | val loss after round |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "refusal > compliance | gap AUROC | mean λ refusals | mean λ compliances | λ = 0 | ESS | τ | questions "
+        "never / always refused | val loss after round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row, m in zip(rows, metrics, strict=True):
         ess = "–" if m.get("bmo_ess") is None else f"{m['bmo_ess'] * row['trained_on']:.1f}"
         lines.append(f"| {row['round']} | {row['generated']} | {row['trained_on']} | {row['refusal_share_all']:.2f} | "
-                     f"{row['refusal_share_trained']:.2f} | {fmt(row['bmo_auroc'])} | {fmt(row['bmo_refusal_mean'])} | "
+                     f"{row['refusal_share_trained']:.2f} | {fmt(row['bmo_auroc'])} | {fmt(row['gap_auroc'])} | "
+                     f"{fmt(row['bmo_refusal_mean'])} | "
                      f"{fmt(row['bmo_compliance_mean'])} | {row['trained_zero']} | "
                      f"{ess} | {m.get('bmo_tau', 0):.1f} | "
                      f"{row['questions_none']} / {row['questions_all']} | {m['val_loss']:.3f} |")

@@ -146,7 +146,8 @@ def refine(
         judge: refusal judge for the per-round share of refusals among regenerated responses.
 
     Writes ``refined.jsonl``, ``metrics.jsonl`` (one row per round), ``rounds/round-<k>.jsonl``
-    (every response generated, with its final weight) and ``skipped.jsonl``, ``upper/`` and
+    (every response generated, with its final weight and ``loss_gap`` ``l(θ) − l(φ)``, the losses behind
+    it) and ``skipped.jsonl``, ``upper/`` and
     ``done.json`` last. Re-running resumes from the last finished round.
     """
     out = Path(out)
@@ -250,12 +251,13 @@ def refine(
             lam_seen += lam
 
         # --- end of round: final weights of this round's samples, validation loss, metrics ------
-        if config.bmo_refresh == "generation":  # the weights the round trained with
-            final = online.get("held", torch.zeros(0))
+        if config.bmo_refresh == "generation":  # the weights the round trained with, and their losses
+            final, losses = online.get("held", torch.zeros(0)), online.get("known")
         else:
-            final = _final_bmo(pair, online, config, pad, device, autocast)
-        samples = [replace(ex, weight=float(final[j]), metadata={k: v for k, v in ex.metadata.items()
-                                                                 if k != "_sampler"})
+            final, losses = _final_bmo(pair, online, config, pad, device, autocast)
+        gaps = (losses["upper"] - losses["lower"]).tolist() if losses is not None else [None] * len(final)
+        samples = [replace(ex, weight=float(final[j]), metadata={
+                       **{k: v for k, v in ex.metadata.items() if k != "_sampler"}, "loss_gap": gaps[j]})
                    for j, ex in enumerate(online["examples"])]
         val_loss = _val_loss(pair, val_enc, config, pad, device, autocast)
         row = {**_round_row(r, val_loss, samples, skipped_all, lam_seen, judge, time.perf_counter() - t0),
@@ -361,11 +363,13 @@ def _step(pair: Paired, opts: dict[str, torch.optim.Optimizer], config: RefineCo
 
 @torch.no_grad()
 def _final_bmo(pair: Paired, online: dict[str, Any], config: RefineConfig, pad: int, device: torch.device,
-               autocast: Any) -> torch.Tensor:
-    """BMO weights of all this round's samples under the final ``θ``, ``φ`` (one pass per round, for the output)."""
+               autocast: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """BMO weights of all this round's samples under the final ``θ``, ``φ`` and the losses they come from (one
+    pass per round, for the output)."""
     if not online["items"]:
-        return torch.zeros(0)
-    return online_weights(online_losses(pair, online, config, pad, device, autocast), online, config)
+        return torch.zeros(0), None
+    losses = online_losses(pair, online, config, pad, device, autocast)
+    return online_weights(losses, online, config), losses
 
 
 def _val_loss(pair: Paired, val_enc: Any, config: RefineConfig, pad: int, device: torch.device, autocast: Any) -> float:

@@ -516,6 +516,7 @@ def test_sparsemax_held_weights_never_train_on_the_zero_weighted_responses(setup
     """``bmo_form="sparsemax"``: responses far below the best get exactly 0, are never drawn into a step, and
     are written with weight 0 (the weights written are the ones trained with)."""
     import winnow.refine as refine_mod
+    from winnow.bilevel import bmo_weights
 
     pool, val, weights = setup
     real_step = refine_mod._step
@@ -530,8 +531,13 @@ def test_sparsemax_held_weights_never_train_on_the_zero_weighted_responses(setup
     cfg = _config(rounds=2, steps_per_round=6, online_batch_size=4, bmo_scope="round", model_lr=1e-2,
                   bmo_tau=0.5, bmo_form="sparsemax", bmo_refresh="generation", online_sampling="weighted")
     res = refine(pool, val, weights, cfg, tmp_path / "s", generator_for=lambda m, t: StandIn(t), progress=False)
-    written = [e.weight for e in load_examples(tmp_path / "s" / "rounds" / "round-2.jsonl", dedupe=False).examples]
+    drawn2 = load_examples(tmp_path / "s" / "rounds" / "round-2.jsonl", dedupe=False).examples
+    written = [e.weight for e in drawn2]
     assert 0 < written.count(0.0) < len(written) and sum(written) == pytest.approx(len(written), rel=1e-5)
+    # each written weight is the sparsemax of the written loss gaps at the round's τ
+    gaps = torch.tensor([e.metadata["loss_gap"] for e in drawn2])
+    again = bmo_weights(gaps, torch.zeros_like(gaps), tau=res.history[-1]["bmo_tau"], form="sparsemax")
+    assert again.tolist() == pytest.approx(written, abs=1e-4)
     assert drawn and min(w for _, w in drawn) > 0  # a zero-weighted response is never in a step
     assert res.history[-1]["bmo_min"] == 0.0
     with pytest.raises(WinnowError, match="bmo_form"):
