@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import git_commit
+from _results import git_commit, replace_section
 
 from winnow.config import WeighConfig
 from winnow.io import read_jsonl
@@ -176,7 +176,7 @@ def main() -> None:
     table = render(results, args)
     print(table)
     if not args.no_write:
-        write_section(table)
+        replace_section("## bench_bds", table)
 
 
 def render(results: list[dict], args: argparse.Namespace) -> str:
@@ -196,18 +196,6 @@ def render(results: list[dict], args: argparse.Namespace) -> str:
     lines += [f"| {r['task']} | {r['method']} | {r['auroc']:.3f} | {r['precision']:.2f} | {r['recall']:.2f} | "
               f"{r['wall_s']:.0f} | {r['peak_mib']:.0f} |" for r in results]
     return "\n".join(lines) + "\n"
-
-
-def write_section(table: str) -> None:
-    path = ROOT / "benchmarks" / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = text.find("## bench_bds")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + table + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    path.write_text(text)
 
 
 if __name__ == "__main__":

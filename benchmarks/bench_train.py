@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 import yaml
-from _results import git_commit
+from _results import RESULTS, git_commit, replace_section
 
 BATCH_SIZE = 8
 LR = 2e-4
@@ -55,7 +55,6 @@ SEED = 0
 LENGTH_MARGIN = 8
 """Examples are kept only if they fit in ``max_length - LENGTH_MARGIN`` tokens, so neither
 trainer drops or truncates any (they tokenise prompt/completion boundaries separately)."""
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## bench_train"
 
 
@@ -460,22 +459,6 @@ add ~3 minutes for no information (`--only smollm2 --trainers winnow,trl,trl-gro
 """
 
 
-def write_results(text: str, path: Path = RESULTS) -> None:
-    """Replace (or add) the ``## bench_train`` section of RESULTS.md, keeping other sections."""
-    if path.exists():
-        old = path.read_text(encoding="utf-8")
-    else:
-        old = "# Benchmark results\n\nEvery number here comes from a script in this folder.\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    path.write_text(new, encoding="utf-8")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat each")
@@ -514,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n" + body)
     print(f"total {time.perf_counter() - start:.0f} s")
     if not args.no_write:
-        write_results(f"{SECTION}\n\n{machine(command, (load, os.getloadavg()[0]))}\n{body}\n{NOTES}")
+        replace_section(SECTION, f"{SECTION}\n\n{machine(command, (load, os.getloadavg()[0]))}\n{body}\n{NOTES}")
         print(f"wrote {RESULTS}")
 
 
