@@ -1,9 +1,13 @@
 """Online self-refinement on the safety task: do the regenerated responses turn into refusals, and do
 BMO weights rank refusals above compliant regenerations?
 
-Run (from the repository root; ~25 minutes on 2 CPU cores for 3 rounds):
+Run (from the repository root; about 5 minutes a round on 2 CPU cores, round 1 included):
 
     .venv/bin/python benchmarks/bench_refine.py [--rounds 3] [--samples 4] [--pool 96] [--threads 2] [--no-write]
+
+The BMO options default to the library's (``RefineConfig``: held sparsemax weights, weighted draws, ``φ`` on
+the kept pairs, ESS floor 0.25); ``--bmo-refresh step --bmo-min-ess 0 --online-sampling uniform --lower-data
+all --bmo-form softmax`` is the per-step loop the earlier sections of RESULTS.md measured first.
 
 The refined questions are exactly the pool's harmful-compliance ones (the hidden labels set the cut,
 so this measures refinement, not selection). Each round generates ``G`` responses per question with
@@ -34,6 +38,9 @@ from winnow.judge import is_refusal
 from winnow.metrics import auroc
 from winnow.refine import refine
 from winnow.tasks import build_task
+
+DEFAULTS = RefineConfig()
+"""The library's BMO options are the bench's defaults (its training sizes are the bench's own)."""
 
 
 def run_refine(args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], float]:
@@ -189,18 +196,18 @@ def main() -> None:
     ap.add_argument("--bmo-reduction", default="sum")
     ap.add_argument("--bmo-scope", default="round")
     ap.add_argument("--bmo-tau", type=float, default=5.0)
-    ap.add_argument("--bmo-form", default="softmax", choices=["softmax", "sparsemax"],
+    ap.add_argument("--bmo-form", default=DEFAULTS.bmo_form, choices=["softmax", "sparsemax"],
                     help="BMO weights as the entropy- (softmax) or quadratic-regularised optimum (sparsemax: exact 0s)")
-    ap.add_argument("--bmo-refresh", default="step", choices=["step", "generation"],
+    ap.add_argument("--bmo-refresh", default=DEFAULTS.bmo_refresh, choices=["step", "generation"],
                     help="BMO weights every step, or once per generation and held for the round")
-    ap.add_argument("--bmo-min-ess", type=float, default=0.0,
+    ap.add_argument("--bmo-min-ess", type=float, default=DEFAULTS.bmo_min_ess,
                     help="with --bmo-refresh generation: raise τ until the weights' ESS is this share")
-    ap.add_argument("--online-sampling", default="uniform", choices=["uniform", "weighted"],
+    ap.add_argument("--online-sampling", default=DEFAULTS.online_sampling, choices=["uniform", "weighted"],
                     help="with --bmo-refresh generation: draw a step's responses in proportion to the held weights")
     ap.add_argument("--bmo-gap", default="models", choices=["models", "val_step"],
                     help="BMO weights from the trained θ, φ or from one validation step of θ "
                          "(needs --bmo-refresh generation)")
-    ap.add_argument("--lower-data", default="all", choices=["all", "kept"],
+    ap.add_argument("--lower-data", default=DEFAULTS.lower_data, choices=["all", "kept"],
                     help="what φ trains on: the kept pairs and the weighted responses, or the kept pairs alone")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--pool", type=int, default=96)

@@ -102,9 +102,11 @@ def test_sampler_alignment_and_clipped_ratio_match_a_hand_computation(tiny):
 
 
 def _config(**kw):
+    # the per-step weights of the loop; tests of the held / weighted / sparsemax recipe set those options
     base = dict(model="tiny", keep_top=0.75, rounds=2, samples_per_question=3, steps_per_round=3,
                 batch_size=4, online_batch_size=6, val_batch_size=4, max_length=64, model_lr=1e-3, seed=0,
-                bmo_scope="question", bmo_tau=1.0)
+                bmo_scope="question", bmo_tau=1.0, bmo_refresh="step", bmo_min_ess=0.0, online_sampling="uniform",
+                lower_data="all", bmo_form="softmax")
     return RefineConfig(**{**base, **kw})
 
 
@@ -143,7 +145,9 @@ def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
 
 
 @pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5, "online_sampling": "weighted"},
-                                  {"bmo_refresh": "generation", "lower_data": "kept", "online_sampling": "weighted"}])
+                                  {"bmo_refresh": "generation", "lower_data": "kept", "online_sampling": "weighted"},
+                                  {"bmo_refresh": "generation", "lower_data": "kept", "online_sampling": "weighted",
+                                   "bmo_min_ess": 0.25, "bmo_form": "sparsemax"}])
 def test_resumed_refinement_equals_uninterrupted(setup, tmp_path, held):
     pool, val, weights = setup
     cfg = _config(**held)

@@ -46,23 +46,25 @@ class RefineConfig(ModelOptions):
     bmo_tau: float = 5.0
     """BMO temperature ``τ`` (1: the plain importance ratio ``π_θ/π_φ``; with sequence sums it puts the
     whole round's weight on a few responses, so the default flattens it: benchmarks/RESULTS.md)."""
-    bmo_form: str = "softmax"
+    bmo_form: str = "sparsemax"
     """BMO weights as the optimum of BDS with an entropy (``softmax``) or a quadratic (``sparsemax``) regulariser:
-    the same order, but ``sparsemax`` gives responses far worse than the best exactly 0 (never trained on)."""
+    the same order, but ``sparsemax`` gives responses far worse than the best exactly 0 (never trained on; on
+    SmolLM2 the refusal share reached 1.00 in 8 rounds, 0.74 with ``softmax``: benchmarks/RESULTS.md)."""
     bmo_scope: str = "round"
     """BMO normalisation: ``question`` (mean 1 over each question's responses), ``batch`` (over the
     step's online batch) or ``round`` (over every response of the round: fresh losses for the step's
     batch, the last known ones for the rest, seeded by one scoring pass after each generation)."""
-    bmo_refresh: str = "step"
-    """When the BMO weights are computed: ``step`` (every step, from the losses the step computes) or
-    ``generation`` (once per generation, from the scoring pass after it, and held until the next one:
-    alternating minimisation of the BDS objective, exact in ``λ`` for the round-start ``(θ, φ)``).
-    Per-step weights drift as ``φ`` fits what they favour: benchmarks/RESULTS.md, bench_refine."""
-    bmo_min_ess: float = 0.0
+    bmo_refresh: str = "generation"
+    """When the BMO weights are computed: ``generation`` (once per generation, from the scoring pass after it,
+    and held until the next one: alternating minimisation of the BDS objective, exact in ``λ`` for the
+    round-start ``(θ, φ)``) or ``step`` (every step, from the losses the step computes; needs ``bmo_min_ess 0``
+    and ``online_sampling uniform``). Per-step weights drift as ``φ`` fits what they favour:
+    benchmarks/RESULTS.md, bench_refine."""
+    bmo_min_ess: float = 0.25
     """With the ``generation`` refresh: raise ``τ`` for a generation's weights until their effective sample
     size is at least this share of its responses (0: ``τ`` as given). Sequence-sum gaps can put a whole
     round's weight on one response (ESS 1 of 90: benchmarks/RESULTS.md, bench_refine)."""
-    online_sampling: str = "uniform"
+    online_sampling: str = "weighted"
     """How a step's regenerated responses are drawn: ``uniform`` (each trained with its ``λ``) or, with the
     ``generation`` refresh, ``weighted`` (drawn in proportion to the held ``λ``, each with weight 1: the same
     expected loss, but a response carrying most of a round's weight is in most steps rather than in two
@@ -71,7 +73,7 @@ class RefineConfig(ModelOptions):
     """The two models the BMO weights compare: ``models`` (the trained ``θ``, ``φ``) or, with the ``generation``
     refresh, ``val_step``: ``θ`` against a copy after one fresh Adam step on the validation set (the weighing
     stage's first-order gap). On SmolLM2 that ranks compliances first once ``θ`` fits the validation set."""
-    lower_data: str = "all"
+    lower_data: str = "kept"
     """What ``φ`` trains on: ``all`` (kept pairs + weighted responses, as ``θ``) or ``kept`` (kept pairs alone).
     With ``all``, ``φ`` fits the favoured responses faster than ``θ`` and next round's weights turn against them;
     with ``kept``, ``l(θ) − l(φ)`` is what ``θ`` learned beyond the kept data (on SmolLM2: AUROC 0.89–0.98 in
@@ -98,10 +100,12 @@ class RefineConfig(ModelOptions):
         check(self.bmo_reduction in ("sum", "mean"), "bmo_reduction must be 'sum' or 'mean'")
         check(self.bmo_refresh in ("step", "generation"), "bmo_refresh must be 'step' or 'generation'")
         check(0 <= self.bmo_min_ess <= 1, "bmo_min_ess must be in [0, 1]")
-        check(self.bmo_min_ess == 0 or self.bmo_refresh == "generation", "bmo_min_ess needs bmo_refresh 'generation'")
+        check(self.bmo_min_ess == 0 or self.bmo_refresh == "generation",
+              "bmo_min_ess needs bmo_refresh 'generation' (set bmo_min_ess 0 with the 'step' refresh)")
         check(self.online_sampling in ("uniform", "weighted"), "online_sampling must be 'uniform' or 'weighted'")
         check(self.online_sampling == "uniform" or (self.bmo_refresh == "generation" and self.bmo_scope != "batch"),
-               "online_sampling 'weighted' needs bmo_refresh 'generation' and bmo_scope 'round' or 'question'")
+               "online_sampling 'weighted' needs bmo_refresh 'generation' and bmo_scope 'round' or 'question' "
+               "(set online_sampling 'uniform' otherwise)")
         check(self.bmo_gap in ("models", "val_step"), "bmo_gap must be 'models' or 'val_step'")
         check(self.bmo_gap == "models" or self.bmo_refresh == "generation", "bmo_gap 'val_step' needs bmo_refresh "
                "'generation' (one validation step per generation, not per training step)")
