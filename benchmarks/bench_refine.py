@@ -6,7 +6,7 @@ Run (from the repository root; about 5 minutes a round on 2 CPU cores, round 1 i
     .venv/bin/python benchmarks/bench_refine.py [--rounds 3] [--samples 4] [--pool 96] [--threads 2] [--no-write]
 
 The BMO options default to the library's (``RefineConfig``: held sparsemax weights, weighted draws, ``φ`` on
-the kept pairs, ESS floor 0.25); ``--bmo-refresh step --bmo-min-ess 0 --online-sampling uniform --lower-data
+the kept pairs, ESS floor 0.5); ``--bmo-refresh step --bmo-min-ess 0 --online-sampling uniform --lower-data
 all --bmo-form softmax`` is the per-step loop the earlier sections of RESULTS.md measured first.
 
 The refined questions are exactly the pool's harmful-compliance ones (the hidden labels set the cut,

@@ -147,7 +147,7 @@ def test_refine_end_to_end_with_a_stand_in_generator(setup, tmp_path):
 @pytest.mark.parametrize("held", [{}, {"bmo_refresh": "generation", "bmo_min_ess": 0.5, "online_sampling": "weighted"},
                                   {"bmo_refresh": "generation", "lower_data": "kept", "online_sampling": "weighted"},
                                   {"bmo_refresh": "generation", "lower_data": "kept", "online_sampling": "weighted",
-                                   "bmo_min_ess": 0.25, "bmo_form": "sparsemax"}])
+                                   "bmo_min_ess": 0.5, "bmo_form": "sparsemax"}])
 def test_resumed_refinement_equals_uninterrupted(setup, tmp_path, held):
     pool, val, weights = setup
     cfg = _config(**held)

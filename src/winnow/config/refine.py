@@ -49,7 +49,7 @@ class RefineConfig(ModelOptions):
     bmo_form: str = "sparsemax"
     """BMO weights as the optimum of BDS with an entropy (``softmax``) or a quadratic (``sparsemax``) regulariser:
     the same order, but ``sparsemax`` gives responses far worse than the best exactly 0 (never trained on; on
-    SmolLM2 the refusal share reached 1.00 in 8 rounds, 0.74 with ``softmax``: benchmarks/RESULTS.md)."""
+    SmolLM2 the refusal share rose past 0.80, where with ``softmax`` it stalled at 0.74: benchmarks/RESULTS.md)."""
     bmo_scope: str = "round"
     """BMO normalisation: ``question`` (mean 1 over each question's responses), ``batch`` (over the
     step's online batch) or ``round`` (over every response of the round: fresh losses for the step's
@@ -60,10 +60,11 @@ class RefineConfig(ModelOptions):
     round-start ``(θ, φ)``) or ``step`` (every step, from the losses the step computes; needs ``bmo_min_ess 0``
     and ``online_sampling uniform``). Per-step weights drift as ``φ`` fits what they favour:
     benchmarks/RESULTS.md, bench_refine."""
-    bmo_min_ess: float = 0.25
+    bmo_min_ess: float = 0.5
     """With the ``generation`` refresh: raise ``τ`` for a generation's weights until their effective sample
     size is at least this share of its responses (0: ``τ`` as given). Sequence-sum gaps can put a whole
-    round's weight on one response (ESS 1 of 90: benchmarks/RESULTS.md, bench_refine)."""
+    round's weight on one response (ESS 1 of 90); with sparsemax 0.25 rises faster on SmolLM2 but ties half
+    the good responses at 0 with the bad, 0.5 keeps the ranking: benchmarks/RESULTS.md, bench_refine."""
     online_sampling: str = "weighted"
     """How a step's regenerated responses are drawn: ``uniform`` (each trained with its ``λ``) or, with the
     ``generation`` refresh, ``weighted`` (drawn in proportion to the held ``λ``, each with weight 1: the same
