@@ -1,8 +1,8 @@
 """The demo's run configs: the ``safety`` task end to end, sized for 2 CPU cores.
 
 ``winnow demo`` uses SmolLM2-135M-Instruct with LoRA on its last layers (backward passes stop
-there) and sequences of at most 128 tokens: one seed takes about 9 minutes on 2 CPU cores, three
-21 (README, "Demo results"); ``--quick`` uses the tiny random-init model and finishes in about 3 minutes (a smoke
+there) and sequences of at most 128 tokens: one seed takes about 7 minutes on 2 CPU cores, three
+15 (README, "Demo results"); ``--quick`` uses the tiny random-init model and finishes in about 3 minutes (a smoke
 test of every stage, not a result). Sizes are chosen from the timings in ``benchmarks/RESULTS.md``.
 """
 
