@@ -147,8 +147,7 @@ def _stack(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def write_results(args: argparse.Namespace, rows: list[dict], metrics: list[dict], wall: float,
-                  counts: dict[str, int]) -> str:
-    commit = git_commit()
+                  counts: dict[str, int], commit: str) -> str:
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
         "## bench_refine", "",
@@ -218,10 +217,11 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    commit = git_commit()  # the code that runs: HEAD when the bench starts, not when it ends
     counts = forward_counts()
     with tempfile.TemporaryDirectory() as tmp:
         rows, metrics, wall = run_refine(args, Path(args.out or tmp) / "refine")
-    text = write_results(args, rows, metrics, wall, counts)
+    text = write_results(args, rows, metrics, wall, counts, commit)
     print(text)
     if not args.no_write:
         append_section(text)
